@@ -1,0 +1,1 @@
+"""Central: ingest API, landing store and ledger, fan-in consolidation, Delta gold, report."""

@@ -1,0 +1,1 @@
+"""The DAG runtime agent and central share: steps, graph, events, lineage, gates, cache."""

@@ -1,0 +1,1 @@
+"""The MQTT test harness: a virtual fleet with known ground truth."""
