@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[agent,central,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[agent,central,spark,dev]'
 	@touch $(STAMP)
 
 venv: $(STAMP)
