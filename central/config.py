@@ -1,0 +1,193 @@
+"""Central configuration: pydantic models with defaults, from TOML plus FLEETPULSE_* overrides.
+
+Precedence (highest first): ``FLEETPULSE_<KEY>`` / ``FLEETPULSE_<SECTION>__<KEY>`` environment
+variables, the TOML file, the defaults below. Everything is validated before any I/O; an
+unknown key in the file is an error naming the key, so a typo never passes silently.
+
+To add a section (e.g. ``[sources]``): define a ``BaseModel`` with ``extra="forbid"`` and add
+it as a field of ``CentralConfig`` with a default instance; TOML and environment overrides
+(``FLEETPULSE_SOURCES__DIR=...``) then work with no other change.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "FLEETPULSE_"
+# Variables with the prefix that are not config keys (the config path itself).
+_ENV_NOT_KEYS = frozenset({"FLEETPULSE_CONFIG"})
+
+DEFAULT_DATA_DIR = Path("/var/lib/fleetpulse-central")
+MiB = 1024 * 1024
+
+
+class CentralConfig(BaseModel):
+    """The whole central config file (``central.toml``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    data_dir: Path = Field(
+        DEFAULT_DATA_DIR, description="state directory: default home of landing store and ledger"
+    )
+    listen: str = Field("127.0.0.1:8080", description="HOST:PORT the ingest API binds ([::1]:PORT)")
+    max_batch_bytes: int = Field(64 * MiB, gt=0, description="largest accepted upload body")
+    max_batch_rows: int = Field(
+        5_000_000, gt=0, description="largest row count a batch footer may declare"
+    )
+    max_decompressed_bytes: int = Field(
+        1024 * MiB, gt=0, description="largest uncompressed size a batch footer may declare"
+    )
+    max_concurrent_uploads: int = Field(
+        8, gt=0, description="uploads held at once; memory use is about this x max_batch_bytes"
+    )
+    store_url: str | None = Field(
+        None, description="landing store: path or pyarrow.fs URI; default data_dir/landing"
+    )
+    ledger_url: str | None = Field(
+        None,
+        description="ledger: sqlite:///PATH or postgresql://...; default data_dir/ledger.sqlite3",
+    )
+    tls_cert: Path | None = Field(None, description="PEM certificate; serve HTTPS with tls_key")
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _ledger_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(
+            ("sqlite:///", "postgresql://", "postgres://")
+        ):
+            raise ValueError(
+                f"{value!r} is not a ledger URL: use sqlite:///ABSOLUTE/PATH or "
+                "postgresql://USER@HOST:PORT/DB (or leave it out for SQLite in data_dir)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> CentralConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both for HTTPS or neither")
+        return self
+
+    @property
+    def host(self) -> str:
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    @property
+    def landing_url(self) -> str:
+        """Where batches land: ``store_url`` or ``<data_dir>/landing``."""
+        return self.store_url or str(self.data_dir / "landing")
+
+    @property
+    def ledger_dsn(self) -> str:
+        """The ledger URL, defaulting to SQLite in ``data_dir``."""
+        return self.ledger_url or f"sqlite:///{(self.data_dir / 'ledger.sqlite3').absolute()}"
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8080"`` → ``("127.0.0.1", 8080)``; ``"[::1]:8080"`` → ``("::1", 8080)``."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{value!r} is not HOST:PORT (e.g. 127.0.0.1:8080 or [::1]:8080)")
+    return host.strip("[]"), int(port_text)
+
+
+def env_overrides(environ: Mapping[str, str], model: type[BaseModel]) -> dict[str, Any]:
+    """Nested dict of the ``FLEETPULSE_*`` variables that name keys of ``model``.
+
+    Variables whose first part is no key of this model are skipped with a warning: agent and
+    central share the prefix (``FLEETPULSE_GATEWAY_ID`` is the agent's), so they cannot be
+    errors here; a wrong key *inside* a known section is still an error at validation.
+    """
+    out: dict[str, Any] = {}
+    fields = model.model_fields
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
+            continue
+        path = name[len(ENV_PREFIX) :].lower().split("__")
+        if path[0] not in fields:
+            log.warning(
+                "ignoring %s: %r is not a central config key (known: %s)",
+                name,
+                path[0],
+                ", ".join(fields),
+            )
+            continue
+        node = out
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"{name}: {part!r} is a plain key, not a section")
+            node = child
+        node[path[-1]] = value
+    return out
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key {key!r}: check for typos (see docs/central.md)")
+        else:
+            value = err.get("input")
+            shown = "" if isinstance(value, dict) else f" = {value!r}"
+            lines.append(f"config key {key!r}{shown}: {err['msg']}")
+    return f"{source}: " + "; ".join(lines)
+
+
+def load_config(
+    path: Path | None = None, environ: Mapping[str, str] | None = None
+) -> CentralConfig:
+    """Read ``path`` (TOML; optional), apply environment overrides, validate."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        try:
+            with open(path, "rb") as fh:
+                data = tomllib.load(fh)
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist: pass --config PATH") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    overrides = env_overrides(environ, CentralConfig)
+    if overrides:
+        source += " + FLEETPULSE_* environment"
+    try:
+        return CentralConfig.model_validate(_merge(data, overrides))
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, source)) from exc
