@@ -1,0 +1,37 @@
+"""Exceptions of the agent; one root so callers catch ``AgentError`` and nothing else.
+
+Tree::
+
+    AgentError                  any failure the agent reports
+    ├── ConfigError             a config file or FLEETPULSE_* variable is wrong (names the key)
+    ├── StoreError              the SQLite buffer cannot be opened, read or written
+    │   └── StoreMissing        no buffer database yet (the agent never ran with this data_dir)
+    └── BrokerError             the MQTT broker refused us (bad credentials, not authorised,
+                                subscription refused); network loss is not an error, it is
+                                retried with backoff
+
+Errors of the layers below (sqlite3, paho-mqtt, OSError) are translated where they are
+raised: ``raise StoreError(...) from exc``. Only the CLI turns these into one line on stderr.
+"""
+
+from __future__ import annotations
+
+
+class AgentError(Exception):
+    """The agent failed."""
+
+
+class ConfigError(AgentError):
+    """The agent configuration is invalid."""
+
+
+class StoreError(AgentError):
+    """The SQLite buffer cannot be used."""
+
+
+class StoreMissing(StoreError):
+    """The buffer database does not exist yet."""
+
+
+class BrokerError(AgentError):
+    """The MQTT broker refused the agent."""
