@@ -1,0 +1,259 @@
+"""The agent's durable buffer: readings, quarantine and observation intervals in SQLite.
+
+One writer (the ingest loop) commits in batches; readers (``agent status``, the later
+export) use their own connections, which WAL mode lets run while the writer works.
+
+Tables (schema version in ``PRAGMA user_version``):
+
+- ``readings``: one row per distinct reading; ``id`` only ever grows (AUTOINCREMENT, so a
+  deleted tail is never reused) and is the cursor the export follows; the unique key is
+  DESIGN §3's dedup key ordered time first, so ``INSERT OR IGNORE`` drops redeliveries and
+  batched inserts stay append-like.
+- ``quarantine``: messages that broke the contract: topic, first 4 KiB, size, reason.
+- ``observations``: intervals ``[start_ms, end_ms)`` when the agent was connected and
+  subscribed; an open interval has ``end_ms`` NULL and its ``alive_ms`` moves with every
+  commit, so after a crash it is closed at the last instant it was known to be true.
+- ``meta``: small state such as ``uploaded_upto`` (the highest reading id uploaded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from schemas import Reading
+
+from .errors import StoreError, StoreMissing
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+QUARANTINE_KEEP_BYTES = 4096
+# Meta key of the export cursor: readings with id <= this value are uploaded.
+META_UPLOADED_UPTO = "uploaded_upto"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS readings (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts_ms INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    site TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    state TEXT,
+    event_type TEXT,
+    fw TEXT,
+    lat REAL,
+    lon REAL,
+    metrics TEXT,
+    detail TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS readings_key ON readings (ts_ms, device_id, kind, seq);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_ms INTEGER NOT NULL,
+    topic TEXT NOT NULL,
+    payload BLOB NOT NULL,
+    payload_bytes INTEGER NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS observations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER,
+    alive_ms INTEGER NOT NULL,
+    closed_by TEXT
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('uploaded_upto', 0);
+"""
+
+_INSERT_READING = (
+    "INSERT OR IGNORE INTO readings (ts_ms, device_id, kind, seq, site, received_ms, state,"
+    " event_type, fw, lat, lon, metrics, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_QUARANTINE = (
+    "INSERT INTO quarantine (received_ms, topic, payload, payload_bytes, reason) VALUES (?,?,?,?,?)"
+)
+
+Row = tuple[
+    int, str, str, int, str, int, str | None, str | None, str | None,
+    float | None, float | None, str | None, str | None,
+]  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantined:
+    """A message that broke the contract, as the quarantine table keeps it."""
+
+    received_ms: int
+    topic: str
+    payload: bytes
+    payload_bytes: int
+    reason: str
+
+    @classmethod
+    def of(cls, received_ms: int, topic: str, payload: bytes, reason: str) -> Quarantined:
+        return cls(received_ms, topic, payload[:QUARANTINE_KEEP_BYTES], len(payload), reason)
+
+
+def reading_row(r: Reading) -> Row:
+    """The column values of one reading, in ``_INSERT_READING`` order."""
+    metrics = None if r.metrics is None else json.dumps(r.metrics, separators=(",", ":"))
+    return (
+        r.ts_ms, r.device_id, r.kind, r.seq, r.site, r.received_ms, r.state,
+        r.event_type, r.fw, r.lat, r.lon, metrics, r.detail,
+    )  # fmt: skip
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Autocommit mode: transactions are explicit BEGIN/COMMIT below.
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if mode != "wal":
+            raise StoreError(f"{path}: SQLite refused WAL mode ({mode}); use a local disk")
+        # FULL: a COMMIT survives power loss, which is what lets us PUBACK after it.
+        conn.execute("PRAGMA synchronous = FULL")
+    except (sqlite3.Error, OSError) as exc:
+        raise StoreError(f"cannot open the buffer {path}: {exc}; check data_dir") from exc
+    return conn
+
+
+class Buffer:
+    """The single writer of the agent's SQLite buffer."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+
+    @classmethod
+    def open(cls, path: Path) -> Buffer:
+        """Open (creating if needed) the buffer at ``path`` and bring its schema up to date."""
+        conn = _connect(path)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"{path} has buffer schema {version}, newer than this agent's "
+                    f"{SCHEMA_VERSION}: upgrade fleetpulse or point data_dir elsewhere"
+                )
+            conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"cannot set up the buffer {path}: {exc}") from exc
+        return cls(conn, path)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def write(
+        self,
+        readings: Sequence[Reading],
+        quarantined: Sequence[Quarantined] = (),
+        alive: tuple[int, int] | None = None,
+    ) -> int:
+        """Store one batch in one transaction (durable on return); the count of new readings.
+
+        ``alive`` is ``(interval_id, now_ms)``: the open observation interval was still true
+        at ``now_ms``, recorded in the same COMMIT at no extra cost.
+        """
+        conn = self._conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                before = conn.total_changes
+                if readings:
+                    conn.executemany(_INSERT_READING, map(reading_row, readings))
+                inserted = conn.total_changes - before
+                if quarantined:
+                    conn.executemany(
+                        _INSERT_QUARANTINE,
+                        (
+                            (q.received_ms, q.topic, q.payload, q.payload_bytes, q.reason)
+                            for q in quarantined
+                        ),
+                    )
+                if alive is not None:
+                    conn.execute(
+                        "UPDATE observations SET alive_ms = max(alive_ms, ?) WHERE id = ?",
+                        (alive[1], alive[0]),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the buffer {self.path}: {exc}") from exc
+        return inserted
+
+    def open_interval(self, start_ms: int) -> int:
+        """Record that the agent is connected and subscribed from ``start_ms``; its id."""
+        try:
+            cur = self._conn.execute(
+                "INSERT INTO observations (start_ms, alive_ms) VALUES (?, ?)", (start_ms, start_ms)
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the buffer {self.path}: {exc}") from exc
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def close_interval(self, interval_id: int, end_ms: int, closed_by: str) -> None:
+        """End an open observation interval at ``end_ms`` (disconnect or shutdown)."""
+        try:
+            self._conn.execute(
+                "UPDATE observations SET end_ms = max(start_ms, ?), alive_ms = max(alive_ms, ?),"
+                " closed_by = ? WHERE id = ? AND end_ms IS NULL",
+                (end_ms, end_ms, closed_by, interval_id),
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the buffer {self.path}: {exc}") from exc
+
+    def recover_intervals(self) -> int:
+        """Close intervals a killed agent left open at their last ``alive_ms``; how many.
+
+        The agent is known to have been connected and subscribed at ``alive_ms`` (it
+        committed then) and nothing is known after it, so ending there never overstates
+        observed time; the gap becomes "unknown", never "down".
+        """
+        try:
+            cur = self._conn.execute(
+                "UPDATE observations SET end_ms = alive_ms, closed_by = 'recovered'"
+                " WHERE end_ms IS NULL"
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write to the buffer {self.path}: {exc}") from exc
+        return cur.rowcount
+
+    def integrity_check(self) -> str:
+        """``PRAGMA integrity_check``: ``"ok"`` or SQLite's first complaint."""
+        try:
+            return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot check the buffer {self.path}: {exc}") from exc
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection for status and export, safe while the agent writes."""
+    if not path.exists():
+        raise StoreMissing(
+            f"no buffer at {path}: the agent has not run with this data_dir yet "
+            "(start it with: fleetpulse agent run --config PATH)"
+        )
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute("SELECT 1 FROM meta LIMIT 1").fetchall()
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the buffer {path}: {exc}") from exc
+    return conn

@@ -1,0 +1,97 @@
+"""``agent status``: what the buffer holds, read through its own read-only connection."""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from schemas import utc_from_ms
+
+from .buffer import META_UPLOADED_UPTO, open_readonly
+from .errors import StoreError
+
+
+def _iso(ms: int | None) -> str | None:
+    return None if ms is None else utc_from_ms(ms).isoformat().replace("+00:00", "Z")
+
+
+def db_bytes(path: Path) -> int:
+    """Size of the database with its WAL and shared-memory files (what the disk holds)."""
+    total = 0
+    for suffix in ("", "-wal", "-shm"):
+        with contextlib.suppress(FileNotFoundError):
+            total += path.with_name(path.name + suffix).stat().st_size
+    return total
+
+
+def collect(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    """The status figures, from one read transaction so they agree with each other."""
+    try:
+        conn.execute("BEGIN")
+        try:
+            uploaded_upto = conn.execute(
+                "SELECT value FROM meta WHERE key = ?", (META_UPLOADED_UPTO,)
+            ).fetchone()[0]
+            readings = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
+            pending, oldest = conn.execute(
+                "SELECT count(*), min(ts_ms) FROM readings WHERE id > ?", (uploaded_upto,)
+            ).fetchone()
+            quarantined = conn.execute("SELECT count(*) FROM quarantine").fetchone()[0]
+            reasons = conn.execute(
+                "SELECT reason, count(*) AS n FROM quarantine GROUP BY reason"
+                " ORDER BY n DESC, reason LIMIT 5"
+            ).fetchall()
+            intervals, observed_ms = conn.execute(
+                "SELECT count(*), coalesce(sum(coalesce(end_ms, alive_ms) - start_ms), 0)"
+                " FROM observations"
+            ).fetchone()
+            open_row = conn.execute(
+                "SELECT start_ms, alive_ms FROM observations WHERE end_ms IS NULL"
+                " ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+            last_received = conn.execute("SELECT max(received_ms) FROM readings").fetchone()[0]
+        finally:
+            conn.execute("COMMIT")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the buffer {path}: {exc}") from exc
+    return {
+        "db_path": str(path),
+        "db_bytes": db_bytes(path),
+        "readings_total": readings,
+        "quarantined_total": quarantined,
+        "quarantine_top_reasons": [{"reason": r, "count": n} for r, n in reasons],
+        "pending_upload_rows": pending,
+        "oldest_pending_ts": _iso(oldest),
+        "oldest_pending_ts_ms": oldest,
+        "uploaded_upto_id": uploaded_upto,
+        "last_received_ts": _iso(last_received),
+        # An open interval means "connected now" only while the agent runs; after a kill
+        # it stays open until the next start closes it at alive_ms.
+        "subscribed_since": _iso(open_row[0]) if open_row else None,
+        "last_alive_ts": _iso(open_row[1]) if open_row else None,
+        "observation_intervals": intervals,
+        "observed_seconds": observed_ms / 1000,
+    }
+
+
+def read_status(path: Path) -> dict[str, Any]:
+    """Open the buffer read-only, collect the figures, close."""
+    conn = open_readonly(path)
+    try:
+        return collect(conn, path)
+    finally:
+        conn.close()
+
+
+def format_text(status: dict[str, Any]) -> str:
+    """The human form of ``agent status``: one ``key: value`` per line."""
+    lines = []
+    for key, value in status.items():
+        if key == "quarantine_top_reasons":
+            for item in value:
+                lines.append(f"  quarantined {item['count']:>8}  {item['reason']}")
+            continue
+        lines.append(f"{key}: {'-' if value is None else value}")
+    return "\n".join(lines)
