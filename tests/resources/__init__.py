@@ -1,0 +1,1 @@
+"""Small DAG modules used as test fixtures (Hamilton style)."""
