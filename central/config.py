@@ -56,7 +56,7 @@ class CentralConfig(BaseModel):
     )
     ledger_url: str | None = Field(
         None,
-        description="ledger: sqlite:///PATH or postgresql://...; default data_dir/ledger.sqlite3",
+        description="sqlite:////ABS/PATH or postgresql://...; default data_dir/ledger.sqlite3",
     )
     tls_cert: Path | None = Field(None, description="PEM certificate; serve HTTPS with tls_key")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
@@ -74,7 +74,7 @@ class CentralConfig(BaseModel):
             ("sqlite:///", "postgresql://", "postgres://")
         ):
             raise ValueError(
-                f"{value!r} is not a ledger URL: use sqlite:///ABSOLUTE/PATH or "
+                f"{value!r} is not a ledger URL: use sqlite:////ABSOLUTE/PATH or "
                 "postgresql://USER@HOST:PORT/DB (or leave it out for SQLite in data_dir)"
             )
         return value

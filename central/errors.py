@@ -13,6 +13,7 @@ Tree::
         ├── BadRequest              400: bad batch id, missing/mismatching Content-SHA256
         ├── Unauthorized            401: no, unknown or revoked token
         ├── Forbidden               403: id prefix, metadata or rows of another gateway
+        ├── Conflict                409: the batch id is stored with other content
         ├── TooLarge                413: body over ``max_batch_bytes``
         └── InvalidBatch            422: not Parquet, wrong schema, bad checksum, over a limit
 
@@ -83,6 +84,13 @@ class Forbidden(UploadRefused):
 
     status = 403
     error = "forbidden"
+
+
+class Conflict(UploadRefused):
+    """The batch id is already stored with different content (409)."""
+
+    status = 409
+    error = "conflict"
 
 
 class TooLarge(UploadRefused):

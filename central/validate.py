@@ -1,0 +1,271 @@
+"""Validate an uploaded Parquet batch against the contract (DESIGN §5) before it is stored.
+
+Order matters: cheap structural checks first (magic, footer), then what the footer and the
+page headers *declare* (rows, decompressed bytes) against the limits, and only then is any
+page decompressed — with page checksums verified and strings kept dictionary-encoded so a
+repeated long string cannot blow up in memory while it is checked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from schemas.batch import (
+    BATCH_SCHEMA,
+    META_BATCH_SEQ,
+    META_GATEWAY_ID,
+    META_SCHEMA_VERSION,
+    RECORD_OBSERVATION,
+    RECORD_READING,
+    SCHEMA_VERSION,
+)
+
+from .errors import Forbidden, InvalidBatch
+from .pages import PageFormatError, iter_pages
+
+MAGIC = b"PAR1"
+_RECORD_TYPES = frozenset({RECORD_READING, RECORD_OBSERVATION})
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a batch's footer and pages may declare."""
+
+    max_rows: int
+    max_decompressed_bytes: int
+
+
+@dataclass(frozen=True)
+class BatchFacts:
+    """What the ledger records about a valid batch."""
+
+    rows: int
+    min_ts_ms: int | None
+    max_ts_ms: int | None
+
+
+def validate_batch(
+    body: bytes, gateway_id: str, limits: Limits, batch_seq: int | None = None
+) -> BatchFacts:
+    """Check ``body`` is a v1 batch of ``gateway_id`` within ``limits``; raise 422/403 if not."""
+    _check_magic(body)
+    try:
+        pf = pq.ParquetFile(pa.BufferReader(body))
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InvalidBatch(f"Parquet footer cannot be read: {exc}", "not_parquet") from exc
+    _check_schema(pf.schema_arrow)
+    _check_metadata(pf.metadata.metadata or {}, gateway_id, batch_seq)
+    _check_declared_sizes(pf.metadata, body, limits)
+    return _check_rows(body, pf.metadata, gateway_id, limits)
+
+
+def _check_magic(body: bytes) -> None:
+    if len(body) < 12 or body[:4] != MAGIC or body[-4:] != MAGIC:
+        raise InvalidBatch(
+            f"body ({len(body)} bytes) is not a Parquet file: no PAR1 magic at both ends; "
+            "upload the batch file exactly as written",
+            "not_parquet",
+        )
+    footer_len = int.from_bytes(body[-8:-4], "little")
+    if footer_len > len(body) - 12:
+        raise InvalidBatch(
+            f"Parquet footer length {footer_len} exceeds the file ({len(body)} bytes): "
+            "the file is truncated",
+            "not_parquet",
+        )
+
+
+def _check_schema(schema: pa.Schema) -> None:
+    problems = []
+    got = {f.name: f for f in schema}
+    for want in BATCH_SCHEMA:
+        have = got.pop(want.name, None)
+        if have is None:
+            problems.append(f"column {want.name!r} missing")
+        elif not have.type.equals(want.type):
+            problems.append(f"column {want.name!r} is {have.type}, expected {want.type}")
+    problems += [f"unexpected column {name!r}" for name in got]
+    if problems:
+        raise InvalidBatch(
+            "batch schema differs from schema v1 (schemas/batch.py BATCH_SCHEMA): "
+            + "; ".join(problems[:8]),
+            "wrong_schema",
+        )
+
+
+def _check_metadata(meta: dict[bytes, bytes], gateway_id: str, batch_seq: int | None) -> None:
+    version = meta.get(META_SCHEMA_VERSION)
+    if version is None:
+        raise InvalidBatch(
+            f"key-value metadata {META_SCHEMA_VERSION.decode()!r} missing: "
+            "write batches with schemas.batch.batch_metadata()",
+            "wrong_schema",
+        )
+    if version.decode(errors="replace") != SCHEMA_VERSION:
+        raise InvalidBatch(
+            f"schema version {version.decode(errors='replace')!r} is not supported "
+            f"(this central reads version {SCHEMA_VERSION!r})",
+            "wrong_schema",
+        )
+    meta_gw = meta.get(META_GATEWAY_ID)
+    if meta_gw is None:
+        raise InvalidBatch(
+            f"key-value metadata {META_GATEWAY_ID.decode()!r} missing: "
+            "write batches with schemas.batch.batch_metadata()",
+            "wrong_schema",
+        )
+    if meta_gw.decode(errors="replace") != gateway_id:
+        raise Forbidden(
+            f"batch metadata names gateway {meta_gw.decode(errors='replace')!r} but the token "
+            f"belongs to {gateway_id!r}: a gateway uploads only its own batches",
+            "other_gateway",
+        )
+    seq = meta.get(META_BATCH_SEQ)
+    if batch_seq is not None and seq is not None and seq.decode(errors="replace") != str(batch_seq):
+        raise InvalidBatch(
+            f"metadata {META_BATCH_SEQ.decode()!r} = {seq.decode(errors='replace')!r} does not "
+            f"match the batch id's sequence {batch_seq}",
+            "wrong_schema",
+        )
+
+
+def _check_declared_sizes(md: pq.FileMetaData, body: bytes, limits: Limits) -> None:
+    if md.num_rows > limits.max_rows:
+        raise InvalidBatch(
+            f"batch declares {md.num_rows} rows, over max_batch_rows = {limits.max_rows}: "
+            "split it into smaller batches",
+            "too_many_rows",
+        )
+    footer_start = len(body) - 8 - int.from_bytes(body[-8:-4], "little")
+    buf = memoryview(body)[:footer_start]
+    declared = 0
+    for i in range(md.num_row_groups):
+        rg = md.row_group(i)
+        for j in range(rg.num_columns):
+            col = rg.column(j)
+            start = col.data_page_offset
+            if col.has_dictionary_page and col.dictionary_page_offset:
+                start = min(start, col.dictionary_page_offset)
+            in_pages = 0
+            try:
+                for page in iter_pages(buf, start, col.total_compressed_size):
+                    if not page.has_crc:
+                        raise InvalidBatch(
+                            f"column {col.path_in_schema!r} has pages without a CRC: write "
+                            "batches with page checksums on (PARQUET_WRITE_OPTIONS)",
+                            "no_page_checksum",
+                        )
+                    in_pages += page.header_len + page.uncompressed_size
+                    _check_budget(declared + in_pages, limits, "declares")
+            except PageFormatError as exc:
+                raise InvalidBatch(
+                    f"column {col.path_in_schema!r} in row group {i}: {exc}", "corrupt"
+                ) from exc
+            # Footer and page headers are both claims a hostile file controls: count the
+            # larger of the two.
+            declared += max(in_pages, col.total_uncompressed_size)
+            _check_budget(declared, limits, "declares")
+
+
+def _check_budget(total: int, limits: Limits, verb: str) -> None:
+    if total > limits.max_decompressed_bytes:
+        raise InvalidBatch(
+            f"batch {verb} more than max_decompressed_bytes = {limits.max_decompressed_bytes} "
+            "bytes once decompressed: refused without decompressing; split it into smaller "
+            "batches",
+            "too_large_decompressed",
+        )
+
+
+def _string_leaves(md: pq.FileMetaData) -> list[str]:
+    schema = md.schema
+    return [
+        schema.column(i).path
+        for i in range(len(schema))
+        if schema.column(i).physical_type == "BYTE_ARRAY"
+    ]
+
+
+def _check_rows(body: bytes, md: pq.FileMetaData, gateway_id: str, limits: Limits) -> BatchFacts:
+    pf = pq.ParquetFile(
+        pa.BufferReader(body),
+        read_dictionary=_string_leaves(md),
+        page_checksum_verification=True,
+    )
+    rows = 0
+    decoded = 0
+    lo: int | None = None
+    hi: int | None = None
+    for i in range(md.num_row_groups):
+        try:
+            table = pf.read_row_group(i, use_threads=False)
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise InvalidBatch(
+                f"row group {i} cannot be decoded (page checksum or data corrupt): {exc}",
+                "corrupt",
+            ) from exc
+        rows += table.num_rows
+        decoded += sum(_decoded_bytes(chunk) for col in table.columns for chunk in col.chunks)
+        _check_budget(decoded, limits, "decodes to")
+        _check_table(table, gateway_id)
+        if table.num_rows:
+            mm = pc.min_max(table.column("ts").cast(pa.int64()))
+            t_lo, t_hi = mm["min"].as_py(), mm["max"].as_py()
+            lo = t_lo if lo is None else min(lo, t_lo)
+            hi = t_hi if hi is None else max(hi, t_hi)
+    if rows != md.num_rows:
+        raise InvalidBatch(f"footer declares {md.num_rows} rows but {rows} were read", "corrupt")
+    return BatchFacts(rows=rows, min_ts_ms=lo, max_ts_ms=hi)
+
+
+def _check_table(table: pa.Table, gateway_id: str) -> None:
+    for field in BATCH_SCHEMA:
+        if not field.nullable and table.column(field.name).null_count:
+            raise InvalidBatch(
+                f"column {field.name!r} holds nulls; schema v1 requires a value", "wrong_schema"
+            )
+    gateways = {str(v) for v in _distinct(table.column("gateway_id"))}
+    others = sorted(gateways - {gateway_id})
+    if others:
+        raise Forbidden(
+            f"rows of gateway(s) {others[:3]} in a batch of {gateway_id!r}: a gateway uploads "
+            "only its own rows",
+            "other_gateway",
+        )
+    bad = sorted({str(v) for v in _distinct(table.column("record_type"))} - _RECORD_TYPES)
+    if bad:
+        raise InvalidBatch(
+            f"record_type {bad[:3]} unknown; expected one of {sorted(_RECORD_TYPES)}",
+            "wrong_schema",
+        )
+
+
+def _distinct(column: pa.ChunkedArray) -> list[object]:
+    values: set[object] = set()
+    for chunk in column.chunks:
+        if isinstance(chunk, pa.DictionaryArray):
+            # only the dictionary entries that are actually used
+            used = pc.unique(chunk.indices.drop_null())
+            values.update(chunk.dictionary.take(used).to_pylist())
+        else:
+            values.update(pc.unique(chunk.drop_null()).to_pylist())
+    return list(values)
+
+
+def _decoded_bytes(arr: pa.Array) -> int:
+    """Bytes ``arr`` takes once its dictionaries are expanded (what a consumer materialises)."""
+    if isinstance(arr, pa.DictionaryArray):
+        lengths = pc.binary_length(arr.dictionary).fill_null(0)
+        expanded = pc.sum(pc.take(lengths, arr.indices.drop_null())).as_py() or 0
+        return int(expanded) + 4 * len(arr)
+    if isinstance(arr, pa.MapArray):
+        return _decoded_bytes(arr.keys) + _decoded_bytes(arr.items) + 4 * len(arr)
+    if isinstance(arr, pa.StructArray):
+        return sum(_decoded_bytes(arr.field(k)) for k in range(arr.type.num_fields))
+    if isinstance(arr, pa.ListArray):
+        return _decoded_bytes(arr.values) + 4 * len(arr)
+    return int(arr.nbytes)
