@@ -62,7 +62,10 @@ class Broker:
             "persistent_client_expiration 1d\n"
             f"log_dest file {self.log}\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            "connection_messages true\n" + extra_conf
+            "connection_messages true\n"
+            # As root, mosquitto drops to user "mosquitto", which cannot write workdir:
+            # persistence and the log file would silently be off (CI runs as root).
+            f"{'user root' if os.geteuid() == 0 else ''}\n" + extra_conf
         )
         self.proc: subprocess.Popen[bytes] | None = None
 
