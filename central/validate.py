@@ -147,9 +147,11 @@ def _check_declared_sizes(md: pq.FileMetaData, body: bytes, limits: Limits) -> N
         rg = md.row_group(i)
         for j in range(rg.num_columns):
             col = rg.column(j)
-            start = col.data_page_offset
-            if col.has_dictionary_page and col.dictionary_page_offset:
-                start = min(start, col.dictionary_page_offset)
+            # Writers leave an unused offset at 0 (pyarrow does for empty row groups).
+            offsets = [col.data_page_offset]
+            if col.has_dictionary_page:
+                offsets.append(col.dictionary_page_offset or 0)
+            start = min((o for o in offsets if o >= len(MAGIC)), default=-1)
             in_pages = 0
             try:
                 for page in iter_pages(buf, start, col.total_compressed_size):

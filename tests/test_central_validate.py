@@ -1,0 +1,192 @@
+"""Batch validation: the contract's checks, bombs refused before decompression, fuzzed bytes."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from central.errors import Forbidden, InvalidBatch, UploadRefused
+from central.pages import iter_pages, read_page_header
+from central.validate import Limits, validate_batch
+from schemas.batch import BATCH_SCHEMA, META_GATEWAY_ID, META_SCHEMA_VERSION, batch_metadata
+from tests.central_support import T0_MS, batch_rows, make_batch
+
+LIMITS = Limits(max_rows=100_000, max_decompressed_bytes=16 * 1024 * 1024)
+GOOD = make_batch("gw-1", 1, n=50)
+
+
+def refused(body: bytes, cls: type[UploadRefused] = InvalidBatch, gw: str = "gw-1") -> str:
+    with pytest.raises(cls) as info:
+        validate_batch(body, gw, LIMITS, 1)
+    return f"{info.value.error}: {info.value.detail}"
+
+
+def test_good_batch_facts() -> None:
+    facts = validate_batch(GOOD, "gw-1", LIMITS, 1)
+    assert facts.rows == 50
+    assert facts.min_ts_ms == T0_MS
+    assert facts.max_ts_ms == T0_MS + 49 * 30_000
+
+
+def test_empty_batch_is_valid_without_time_range() -> None:
+    facts = validate_batch(make_batch("gw-1", 1, n=0), "gw-1", LIMITS, 1)
+    assert (facts.rows, facts.min_ts_ms, facts.max_ts_ms) == (0, None, None)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        (b"", "not_parquet"),
+        (b"PAR1", "not_parquet"),
+        (b"hello, this is not parquet at all", "not_parquet"),
+        (GOOD[:-100], "not_parquet"),
+        (GOOD[:4] + b"\0" * 64 + GOOD[-8:], "not_parquet"),
+    ],
+)
+def test_not_parquet(body: bytes, needle: str) -> None:
+    assert refused(body).startswith(needle)
+
+
+def test_wrong_schema_names_the_column() -> None:
+    missing = pa.schema([f for f in BATCH_SCHEMA if f.name != "seq"])
+    assert "'seq' missing" in refused(make_batch("gw-1", 1, schema=missing))
+    extra = BATCH_SCHEMA.append(pa.field("colour", pa.string()))
+    cols = {**batch_rows("gw-1", 5), "colour": ["red"] * 5}
+    assert "unexpected column 'colour'" in refused(
+        make_batch("gw-1", 1, 5, cols=cols, schema=extra)
+    )
+    retyped = BATCH_SCHEMA.set(BATCH_SCHEMA.get_field_index("seq"), pa.field("seq", pa.string()))
+    cols = {**batch_rows("gw-1", 5), "seq": ["1"] * 5}
+    assert "'seq' is string" in refused(make_batch("gw-1", 1, 5, cols=cols, schema=retyped))
+
+
+def test_schema_version_and_metadata() -> None:
+    meta = {**batch_metadata("gw-1", 1), META_SCHEMA_VERSION: b"2"}
+    assert "schema version '2' is not supported" in refused(make_batch("gw-1", 1, metadata=meta))
+    meta = {k: v for k, v in batch_metadata("gw-1", 1).items() if k != META_GATEWAY_ID}
+    assert "fleetpulse.gateway_id" in refused(make_batch("gw-1", 1, metadata=meta))
+    assert "does not match the batch id's sequence 1" in refused(make_batch("gw-1", 7))
+
+
+def test_other_gateway_in_metadata_or_rows_is_forbidden() -> None:
+    meta = batch_metadata("gw-2", 1)
+    assert "gw-2" in refused(make_batch("gw-1", 1, metadata=meta), Forbidden)
+    cols = batch_rows("gw-1", 10)
+    cols["gateway_id"][3] = "gw-evil"
+    assert "gw-evil" in refused(make_batch("gw-1", 1, 10, cols=cols), Forbidden)
+
+
+def test_nulls_in_required_columns_and_unknown_record_type() -> None:
+    cols = batch_rows("gw-1", 4)
+    cols["record_type"][1] = "teleport"
+    assert "teleport" in refused(make_batch("gw-1", 1, 4, cols=cols))
+    loose = pa.schema([f.with_nullable(True) for f in BATCH_SCHEMA])
+    cols = batch_rows("gw-1", 4)
+    cols["ts"][2] = None
+    assert "'ts' holds nulls" in refused(make_batch("gw-1", 1, 4, cols=cols, schema=loose))
+
+
+def test_pages_without_checksums_refused() -> None:
+    body = make_batch("gw-1", 1, write_page_checksum=False)
+    assert refused(body).startswith("no_page_checksum")
+
+
+def test_corrupted_page_fails_its_checksum() -> None:
+    pf = pq.ParquetFile(pa.BufferReader(GOOD))
+    col = pf.metadata.row_group(0).column(BATCH_SCHEMA.get_field_index("ts"))
+    # flip a byte in the middle of the first data page's compressed payload
+    page = read_page_header(memoryview(GOOD), col.data_page_offset, len(GOOD))
+    pos = col.data_page_offset + page.header_len + page.compressed_size // 2
+    bad = GOOD[:pos] + bytes([GOOD[pos] ^ 0xFF]) + GOOD[pos + 1 :]
+    msg = refused(bad)
+    assert msg.startswith("corrupt"), msg
+    assert "checksum" in msg.lower() or "crc" in msg.lower()
+
+
+def test_row_count_bomb_refused_from_footer() -> None:
+    # 200k rows of near-constant data compress to a small file; the footer gives it away
+    n = 200_000
+    cols = batch_rows("gw-1", n, step_ms=0)
+    cols["device_id"] = ["d"] * n
+    cols["seq"] = [0] * n
+    cols["received_at"] = [T0_MS] * n
+    cols["metrics"] = [None] * n
+    body = make_batch("gw-1", 1, n, cols=cols)
+    assert len(body) < 200_000
+    assert refused(body).startswith("too_many_rows")
+
+
+def test_decompression_bomb_refused_before_decompressing() -> None:
+    # one 64 MiB string of zeros: a ~10 KiB file that promises 64 MiB once decompressed
+    cols = batch_rows("gw-1", 1)
+    cols["detail"] = ["\0" * (64 * 1024 * 1024)]
+    body = make_batch("gw-1", 1, 1, cols=cols, use_dictionary=False)
+    assert len(body) < 64 * 1024
+    msg = refused(body)
+    assert msg.startswith("too_large_decompressed")
+    assert "declares more than" in msg  # decided from the footer and page headers
+
+
+def test_dictionary_expansion_counted() -> None:
+    # a 64 KiB string repeated 1000 times: pages stay small (dictionary + RLE indices), the
+    # data a consumer materialises is 64 MiB
+    n = 1000
+    cols = batch_rows("gw-1", n)
+    cols["detail"] = ["x" * 65536] * n
+    body = make_batch("gw-1", 1, n, cols=cols)
+    assert len(body) < 64 * 1024
+    assert "decodes to more than max_decompressed_bytes" in refused(body)
+
+
+def test_page_walk_matches_footer_totals() -> None:
+    md = pq.ParquetFile(pa.BufferReader(GOOD)).metadata
+    rg = md.row_group(0)
+    for j in range(rg.num_columns):
+        col = rg.column(j)
+        start = col.dictionary_page_offset if col.has_dictionary_page else col.data_page_offset
+        pages = list(iter_pages(memoryview(GOOD), start, col.total_compressed_size))
+        assert all(p.has_crc for p in pages)
+        assert sum(p.header_len + p.uncompressed_size for p in pages) == (
+            col.total_uncompressed_size
+        )
+
+
+def _multi_rowgroup_batch() -> bytes:
+    table = pa.table(batch_rows("gw-1", 300), schema=BATCH_SCHEMA).replace_schema_metadata(
+        batch_metadata("gw-1", 1)
+    )
+    buf = io.BytesIO()
+    pq.write_table(table, buf, row_group_size=100, compression="zstd", write_page_checksum=True)
+    return buf.getvalue()
+
+
+def test_several_row_groups() -> None:
+    facts = validate_batch(_multi_rowgroup_batch(), "gw-1", LIMITS, 1)
+    assert facts.rows == 300
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(
+        st.tuples(st.integers(0, len(GOOD) - 1), st.integers(0, 255)), min_size=1, max_size=6
+    ),
+    cut=st.one_of(st.none(), st.integers(0, len(GOOD))),
+)
+def test_mangled_batches_are_refused_or_valid_never_crash(
+    edits: list[tuple[int, int]], cut: int | None
+) -> None:
+    """Whatever bytes arrive, validation answers with a refusal or a valid batch, never a 500."""
+    body = bytearray(GOOD)
+    for pos, value in edits:
+        body[pos] = value
+    data = bytes(body if cut is None else body[:cut])
+    try:
+        facts = validate_batch(data, "gw-1", LIMITS, 1)
+    except UploadRefused:
+        return
+    assert 0 <= facts.rows <= LIMITS.max_rows
