@@ -6,9 +6,11 @@ Tree::
     ├── ConfigError             a config file or FLEETPULSE_* variable is wrong (names the key)
     ├── StoreError              the SQLite buffer cannot be opened, read or written
     │   └── StoreMissing        no buffer database yet (the agent never ran with this data_dir)
-    └── BrokerError             the MQTT broker refused us (bad credentials, not authorised,
-                                subscription refused); network loss is not an error, it is
-                                retried with backoff
+    ├── BrokerError             the MQTT broker refused us (bad credentials, not authorised,
+    │                           subscription refused); network loss is not an error, it is
+    │                           retried with backoff
+    └── KpiInputError           the KPI computation got inputs it cannot use (names the column
+                                or device)
 
 Errors of the layers below (sqlite3, paho-mqtt, OSError) are translated where they are
 raised: ``raise StoreError(...) from exc``. Only the CLI turns these into one line on stderr.
@@ -35,3 +37,7 @@ class StoreMissing(StoreError):
 
 class BrokerError(AgentError):
     """The MQTT broker refused the agent."""
+
+
+class KpiInputError(AgentError):
+    """The KPI computation cannot use its inputs."""
