@@ -114,12 +114,12 @@ def reading_row(r: Reading) -> Row:
     )  # fmt: skip
 
 
-def _connect(path: Path) -> sqlite3.Connection:
+def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Autocommit mode: transactions are explicit BEGIN/COMMIT below.
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
         if mode != "wal":
             raise StoreError(f"{path}: SQLite refused WAL mode ({mode}); use a local disk")
@@ -138,9 +138,9 @@ class Buffer:
         self.path = path
 
     @classmethod
-    def open(cls, path: Path) -> Buffer:
+    def open(cls, path: Path, busy_timeout_ms: int = 5000) -> Buffer:
         """Open (creating if needed) the buffer at ``path`` and bring its schema up to date."""
-        conn = _connect(path)
+        conn = _connect(path, busy_timeout_ms)
         try:
             version = conn.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:

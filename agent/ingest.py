@@ -45,7 +45,7 @@ class Batcher:
         batch_interval_s: float,
         clock_ms: Callable[[], int],
         decoder: Decoder = decode,
-        on_acked: Callable[[Sequence[tuple[int, int]]], None] | None = None,
+        on_acked: Callable[[Sequence[Reading], Sequence[tuple[int, int]]], None] | None = None,
     ) -> None:
         self.buffer = buffer
         self.batch_max = batch_max
@@ -117,7 +117,7 @@ class Batcher:
         self.stored += inserted
         self.duplicates += len(self._readings) - inserted
         self.quarantined += len(self._quarantined)
-        acks = self._acks
+        acks, readings = self._acks, self._readings
         self._readings, self._quarantined, self._acks = [], [], []
         self._count = 0
         self.first_at = None
@@ -125,7 +125,10 @@ class Batcher:
             for mid, qos in acks:
                 ack(mid, qos)
             if self._on_acked is not None and acks:
-                self._on_acked(acks)
+                try:
+                    self._on_acked(readings, acks)
+                except Exception:  # an observer must not break ingest
+                    log.exception("on_acked observer failed")
         elif acks:
             log.info(
                 "committed %d messages after the connection dropped; the broker redelivers "

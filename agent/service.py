@@ -18,7 +18,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from schemas import decode
+from schemas import Reading, decode
 
 from .buffer import Buffer
 from .config import AgentConfig, check_files
@@ -65,7 +65,7 @@ class Service:
         rand: Callable[[], float] = random.random,
         notifier: Notifier | None = None,
         decoder: Decoder = decode,
-        on_acked: Callable[[Sequence[tuple[int, int]]], None] | None = None,
+        on_acked: Callable[[Sequence[Reading], Sequence[tuple[int, int]]], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self._client_factory = client_factory
@@ -103,9 +103,7 @@ class Service:
         """SIGTERM and SIGINT stop the loop cleanly (main thread only)."""
 
         def handler(signum: int, frame: FrameType | None) -> None:
-            log.info(
-                "received %s: committing, acknowledging and stopping", signal.strsignal(signum)
-            )
+            log.info("%s: committing, acknowledging and stopping", signal.strsignal(signum))
             self.stop()
 
         signal.signal(signal.SIGTERM, handler)
