@@ -118,6 +118,8 @@ def test_agent_unit_has_what_the_issue_asks() -> None:
     assert d["Type"] == ["notify"]
     assert d["NotifyAccess"] == ["main"]
     assert d["WatchdogSec"] and d["Restart"] == ["on-failure"]
+    # the agent CLI exits 2 on a config error: no restart loop for that
+    assert d["RestartPreventExitStatus"] == ["2"]
     assert d["DynamicUser"] == ["yes"]
     assert d["StateDirectory"] == ["fleetpulse"]
     assert "central-token:/etc/fleetpulse/central-token" in d["LoadCredential"]
