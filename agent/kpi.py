@@ -473,3 +473,32 @@ def _tabulate(days: list[dict[str, Any]]) -> pa.Table:
             cols["slots_counted"].append(counted)
             cols["slots_holding"].append(holding)
     return pa.Table.from_pydict(cols, schema=KPI_SCHEMA)
+
+
+def kpi_checks(table: pa.Table, tolerance_s: float = 1e-6) -> dict[str, pa.Array]:
+    """Row masks for a pipeline gate on KPI rows (True = row passes), keyed by the reason.
+
+    Null ratios are fine (nothing to divide by); everything else must hold exactly
+    up to ``tolerance_s`` seconds.
+    """
+
+    def within(col: str) -> Any:
+        v = table[col]
+        ok = pc.and_(pc.greater_equal(v, 0.0), pc.less_equal(v, 1.0))
+        return pc.fill_null(ok, True)
+
+    parts = pc.add(pc.add(table["up_s"], table["down_s"]), table["unknown_s"])
+    return {
+        "device_uptime outside [0, 1]": within("device_uptime"),
+        "connectivity_ratio outside [0, 1]": within("connectivity_ratio"),
+        "up_s + down_s + unknown_s != eligible_s": pc.less_equal(
+            pc.abs(pc.subtract(parts, table["eligible_s"])), tolerance_s
+        ),
+        "negative up_s, down_s or unknown_s": pc.and_(
+            pc.and_(
+                pc.greater_equal(table["up_s"], -tolerance_s),
+                pc.greater_equal(table["down_s"], -tolerance_s),
+            ),
+            pc.greater_equal(table["unknown_s"], -tolerance_s),
+        ),
+    }

@@ -8,6 +8,8 @@ from typing import Any
 
 # Lists of dicts may be huge; their schema is read from this many rows.
 SCHEMA_SAMPLE_ROWS = 1000
+# Values of these libraries are lazy queries: len() would run them, so rows stay unknown.
+LAZY_MODULES = ("duckdb", "ibis", "pyspark", "polars.lazyframe")
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,8 @@ def _rows_of(value: Any) -> int | None:
     n = getattr(value, "num_rows", None)
     if isinstance(n, int):
         return n
+    if type(value).__module__.startswith(LAZY_MODULES):
+        return None
     try:
         return len(value)
     except Exception:
@@ -69,7 +73,10 @@ def describe(value: Any) -> Shape:
     if isinstance(value, list | tuple):
         return Shape(_type_name(value), _records_schema(value), len(value))
     schema_attr = getattr(value, "schema", None)
-    if schema_attr is None and hasattr(value, "dtypes") and hasattr(value, "columns"):
+    if schema_attr is None and hasattr(value, "columns") and hasattr(value, "types"):
+        cols, types = value.columns, value.types  # DuckDB relations
+        schema_attr = {str(c): str(t) for c, t in zip(cols, types, strict=True)}
+    elif schema_attr is None and hasattr(value, "dtypes") and hasattr(value, "columns"):
         schema_attr = value.dtypes  # pandas-like
     schema: dict[str, str] | None = None
     if schema_attr is not None:
