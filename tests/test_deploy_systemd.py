@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections import defaultdict
 from pathlib import Path
 
@@ -185,3 +186,23 @@ def test_agent_unit_environment_names_real_config_keys(tmp_path: Path) -> None:
     if "central" in AgentConfig.model_fields:  # [central] arrives with the upload issue
         central = cfg.central  # type: ignore[attr-defined]
         assert central.token_file == Path("/run/credentials/fleetpulse-agent.service/central-token")
+
+
+def test_sysusers_file_creates_the_central_user(tmp_path: Path) -> None:
+    """The static user both central units name comes from the shipped sysusers.d file."""
+    sysusers = shutil.which("systemd-sysusers") or "/usr/bin/systemd-sysusers"
+    (tmp_path / "etc").mkdir()
+    proc = subprocess.run(
+        [sysusers, f"--root={tmp_path}", str(SYSTEMD / "fleetpulse.sysusers.conf")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    users = {
+        line.split(":")[0]: line for line in (tmp_path / "etc" / "passwd").read_text().splitlines()
+    }
+    user = directives(CENTRAL)["User"][0]
+    assert user in users
+    assert users[user].endswith(":/var/lib/fleetpulse-central:/usr/sbin/nologin")
+    assert user in (tmp_path / "etc" / "group").read_text()
