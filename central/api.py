@@ -44,7 +44,7 @@ from .landing import LandingStore
 from .ledger import Ledger, LedgerBatch, open_ledger
 from .recover import reconcile
 from .tokens import bearer_token, verify_token
-from .validate import Limits
+from .validate import Limits, warm_up
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +140,7 @@ def create_app(
     owns_ledger = ledger is None
     ledger = ledger if ledger is not None else open_ledger(config.ledger_dsn)
     reconcile(store, ledger, limits, clock)
+    warm_up()
     ingest = Ingest(store, ledger, limits, clock)
     stats = prom.IngestMetrics()
     gate = asyncio.Semaphore(config.max_concurrent_uploads)

@@ -197,4 +197,3 @@ def central_server(tmp_path: Path) -> Iterator[CentralServer]:
         yield server
     finally:
         server.stop()
-
