@@ -98,3 +98,15 @@ def test_store_unavailable_is_503_then_recovers(central_server: CentralServer) -
             moved.rename(landing)
         assert put(client, batch_id("gw-u", 2), body, token).status_code == 201
         assert client.get("/v1/healthz").status_code == 200
+
+
+def test_public_api_and_commands_documented() -> None:
+    import central
+
+    for name in central.__all__:
+        assert getattr(central, name) is not None, name
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "central.md").read_text()
+    for command in ("central serve", "central token create", "token revoke", "token list"):
+        assert command in doc, f"{command} is not documented in docs/central.md"
+    for status in (200, 201, 400, 401, 403, 409, 413, 422, 503):
+        assert f"| {status} |" in doc, f"status {status} is not documented"
