@@ -144,6 +144,21 @@ def _distinct(keys: I64) -> I64:
     return k[np.append(True, k[1:] != k[:-1])]
 
 
+def _packed(major: I64, minor_ms: F64, width: int = 1) -> I64 | None:
+    """One int64 sort key ordering by (major, minor_ms), or None when it would overflow.
+
+    One argsort of a packed key is several times faster than np.lexsort of the parts;
+    ``width`` leaves room for a small tie-breaker added by the caller (key * width + x).
+    """
+    if major.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    lo = float(minor_ms.min())
+    span = int(float(minor_ms.max()) - lo) + 1
+    if (int(major.max()) + 1) * span * width >= 2**62:
+        return None
+    return major * span + (minor_ms - lo).astype(np.int64)
+
+
 def _ms(col: pa.ChunkedArray) -> F64:
     return np.asarray(col.cast(_TS_MS).cast(pa.int64()).to_numpy(), dtype=np.float64)
 
@@ -183,7 +198,7 @@ def prepare_readings(rows: pa.Table) -> Readings:
             raise KpiInputError(f"reading rows have null {c!r}; every reading needs one")
     device, devices = _ranks(rows["device_id"])
     gateway, gateways = _ranks(rows["gateway_id"])
-    kind, _ = _ranks(rows["kind"])
+    kind, kinds = _ranks(rows["kind"])
     ts = _ms(rows["ts"])
     recv_col = rows["received_at"]
     recv = _ms(recv_col.fill_null(rows["ts"])) if n else ts
@@ -197,8 +212,9 @@ def prepare_readings(rows: pa.Table) -> Readings:
     )
     skewed = ts - recv > SKEW_LIMIT_MS
     event = np.where(skewed, recv, ts)
-    # sort copies of one key together, best copy first
-    order = np.lexsort((gateway, recv, seq, ts, kind, device))
+    # group copies of one key: sort by (device, kind, ts, seq), then pick the best copy
+    packed = _packed(device * max(len(kinds), 1) + kind, ts)
+    order = np.lexsort((seq, packed) if packed is not None else (seq, ts, kind, device))
     same = np.zeros(n, dtype=bool)
     if n > 1:
         o = order
@@ -208,18 +224,29 @@ def prepare_readings(rows: pa.Table) -> Readings:
             & (ts[o[1:]] == ts[o[:-1]])
             & (seq[o[1:]] == seq[o[:-1]])
         )
-    keep = np.empty(n, dtype=bool)
-    keep[order] = ~same
+    group = np.cumsum(~same) - 1  # group number of each position in order
+    keep = np.zeros(n, dtype=bool)
+    keep[order[~same]] = True
+    dup_groups = np.unique(group[same])
+    if dup_groups.size:
+        # only rows with copies need the (received_at, gateway_id) choice: usually few
+        pos = np.flatnonzero(np.isin(group, dup_groups))
+        rows_ = order[pos]
+        best = np.lexsort((gateway[rows_], recv[rows_], group[pos]))
+        first = np.append(True, group[pos][best][1:] != group[pos][best][:-1])
+        keep[rows_] = False
+        keep[rows_[best][first]] = True
     sites: dict[str, str] = {}
     if n and "site" in rows.column_names:
-        # the site of each device's latest reading: last row per device in event-time order
+        # the site of each device's latest reading (rows without a site are skipped)
         site, site_words = _ranks(rows["site"])
-        has_site = np.asarray(rows["site"].is_valid().to_numpy(zero_copy_only=False), dtype=bool)
-        o = np.lexsort((event, device))
-        o = o[has_site[o]]
-        if o.size:
-            last = np.append(device[o[1:]] != device[o[:-1]], True)
-            for d_code, s_code in zip(device[o[last]], site[o[last]], strict=True):
+        valid = np.flatnonzero(rows["site"].is_valid().to_numpy(zero_copy_only=False))
+        if valid.size:
+            vd, ve = device[valid], event[valid]
+            latest = np.full(len(devices), -np.inf)
+            np.maximum.at(latest, vd, ve)
+            hit = valid[ve == latest[vd]]
+            for d_code, s_code in zip(device[hit].tolist(), site[hit].tolist(), strict=True):
                 sites[devices[d_code]] = site_words[s_code]
     return Readings(
         device, gateway, event, offline, kind, seq, keep, skewed, devices, gateways, sites
@@ -245,7 +272,13 @@ def up_intervals(
     no next reading) credits [t1, t1 + h/2). Readings at the same instant are ordered
     with an offline last, so it takes effect after the others.
     """
-    order = np.lexsort((seq, kind, offline, event_ms, device))
+    # kind and seq never change the walk (equal instants are zero-length steps): sort by
+    # (device, event time, offline last), packed into one key when it fits
+    packed = _packed(device, event_ms, width=2)
+    if packed is None:
+        order = np.lexsort((seq, kind, offline, event_ms, device))
+    else:
+        order = np.argsort(packed * 2 + offline, kind="stable")
     d, t, off = device[order], event_ms[order], offline[order]
     n = t.size
     nxt = np.full(n, np.inf)
