@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ScenarioError, SimError
+from .publish import CLIENTS
 from .run import Progress, simulate
 from .scenario import DEFAULT_SCENARIO, builtin_names
 
@@ -56,6 +57,12 @@ def register(subs: Any, name: str, help_text: str) -> None:
         type=float,
         metavar="X",
         help="publish at X times real time (default: as fast as the broker takes it)",
+    )
+    p.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="wire",
+        help="MQTT client: wire (pipelined, default) or paho (paho-mqtt, ~10x slower)",
     )
     p.add_argument(
         "--dry-run",
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
             seed=args.seed,
             speed=args.speed,
             progress=show,
+            client=args.client,
         )
     except ScenarioError as exc:
         print(

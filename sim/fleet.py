@@ -227,6 +227,9 @@ def timeline(
     loop_left = 0
     t = lo
     while t < hi:
+        # every pass starts an up phase at t; an update due by now comes just after the boot
+        if update_at is not None and update_at <= t:
+            update_at = t + UPDATE_AFTER_BOOT_S
         model = firmware[fw]
         loop = model.crash_loop
         if loop_left > 0 and loop is not None:
@@ -235,8 +238,7 @@ def timeline(
             run = max(1, round(rng.expovariate(1.0 / (model.mtbf_h * 3600))))
         if update_at is not None and spec.update_to is not None and t <= update_at < t + run:
             # the update arrives while up: announce, install (down), boot the new version
-            if update_at > t:
-                segs.append(Segment(t, update_at, True, fw))
+            segs.append(Segment(t, update_at, True, fw))
             fw, loop_left = spec.update_to, 0
             done = min(hi, update_at + spec.install_s)
             segs.append(Segment(update_at, done, False, fw, "update"))
@@ -261,8 +263,6 @@ def timeline(
         end = min(hi, t + down)
         segs.append(Segment(t, end, False, fw, cause, starts_loop))
         t = end
-        if update_at is not None and update_at < t:
-            update_at = t + UPDATE_AFTER_BOOT_S
     return segs
 
 

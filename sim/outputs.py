@@ -7,6 +7,7 @@ a file; OSError and library errors become ``OutputError`` naming the path.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -100,18 +101,26 @@ def write_registry(path: Path, specs: list[DeviceSpec]) -> None:
         fh.write(text.getvalue().encode())
 
 
-def write_avro(path: Path, avsc: Path, records: list[dict[str, Any]]) -> None:
-    """An Avro object container file (deflate) of ``records`` against the .avsc at ``avsc``."""
+def write_avro(path: Path, avsc: Path, records: list[dict[str, Any]], seed: int) -> None:
+    """An Avro object container file (deflate) of ``records`` against the .avsc at ``avsc``.
+
+    The sync marker is derived from the seed instead of drawn at random, so a seeded run
+    writes byte-identical files (content-keyed caches downstream see no change).
+    """
     schema = fastavro.parse_schema(load_avsc(avsc))
-    _write_bytes(path, lambda fh: fastavro.writer(fh, schema, records, codec="deflate"))
+    marker = hashlib.sha256(f"{seed}:{path.name}".encode()).digest()[:16]
+    _write_bytes(
+        path,
+        lambda fh: fastavro.writer(fh, schema, records, codec="deflate", sync_marker=marker),
+    )
 
 
-def write_firmware(path: Path, records: list[dict[str, Any]]) -> None:
-    write_avro(path, FIRMWARE_AVSC, records)
+def write_firmware(path: Path, records: list[dict[str, Any]], seed: int) -> None:
+    write_avro(path, FIRMWARE_AVSC, records, seed)
 
 
-def write_alerts(path: Path, records: list[dict[str, Any]]) -> None:
-    write_avro(path, ALERTS_AVSC, records)
+def write_alerts(path: Path, records: list[dict[str, Any]], seed: int) -> None:
+    write_avro(path, ALERTS_AVSC, records, seed)
 
 
 def write_device_day(path: Path, rows: list[DeviceDay]) -> None:

@@ -222,6 +222,7 @@ class Publisher:
         ack_timeout_s: float = ACK_TIMEOUT_S,
     ) -> None:
         self.addr = addr
+        self.ack_timeout_s = ack_timeout_s
         self.transport: Transport
         if client == "wire":
             self.transport = WireClient(
@@ -248,7 +249,6 @@ class Publisher:
         pending = self._pending_will.pop(device_id, None)
         if pending is not None:
             # the device's previous life must have ended (its will sent) before it speaks again
-            self.transport.flush()
             pending.result()
         self.transport.publish(topic, payload, retain)
 
@@ -257,11 +257,24 @@ class Publisher:
         previous = self._pending_will.pop(device_id, None)
         if previous is not None:
             previous.result()
-        a = self.addr
         self._pending_will[device_id] = self._wills.submit(
-            send_will, a.host, a.port, client_id, topic, payload, a.username, a.password
+            self._send_will, client_id, topic, payload
         )
         self.wills_sent += 1
+
+    def _send_will(self, client_id: str, topic: str, payload: bytes) -> None:
+        # a broker restart must not lose a crash: retry connecting like the main connection
+        a, delay = self.addr, 0.2
+        deadline = time.monotonic() + self.ack_timeout_s
+        while True:
+            try:
+                send_will(a.host, a.port, client_id, topic, payload, a.username, a.password)
+                return
+            except BrokerError as exc:
+                if not isinstance(exc.__cause__, OSError) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(5.0, delay * 2)
 
     def idle(self, seconds: float) -> None:
         self.transport.idle(seconds)

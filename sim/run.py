@@ -129,9 +129,9 @@ def prepare(
     truth_dir = plan.out_dir / "truth"
     outputs.write_registry(plan.out_dir / "registry.csv", specs)
     outputs.write_firmware(
-        plan.out_dir / "firmware_versions.avro", firmware_installs(specs, timelines)
+        plan.out_dir / "firmware_versions.avro", firmware_installs(specs, timelines), sc.seed
     )
-    outputs.write_alerts(plan.out_dir / "alerts.avro", fleet_alerts(specs, timelines, sc))
+    outputs.write_alerts(plan.out_dir / "alerts.avro", fleet_alerts(specs, timelines, sc), sc.seed)
     outputs.write_device_day(
         truth_dir / "device_day.parquet", device_days(specs, timelines, sc.start_s, sc.days)
     )

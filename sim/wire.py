@@ -95,7 +95,7 @@ def _open(host: str, port: int, packet: bytes, url: str, timeout: float = 10.0) 
         while len(ack) < 4:
             chunk = sock.recv(4 - len(ack))
             if not chunk:
-                raise BrokerError(f"the broker at {url} closed the connection before CONNACK")
+                raise ConnectionResetError("the broker closed the connection before CONNACK")
             ack += chunk
     except OSError as exc:
         sock.close()
