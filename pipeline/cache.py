@@ -8,6 +8,7 @@ import hashlib
 import logging
 import os
 import pickle
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -86,7 +87,10 @@ def _feed(h: Any, value: Any) -> bool:
     if isinstance(value, list | tuple | frozenset | set):
         items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
         h.update(f"{type(value).__name__}[{len(items)}](".encode())
-        return all(_feed(h, v) for v in items) and (h.update(b")") or True)
+        if not all(_feed(h, v) for v in items):
+            return False
+        h.update(b")")
+        return True
     if isinstance(value, Mapping):
         h.update(f"map[{len(value)}](".encode())
         for k in sorted(value, key=repr):
@@ -202,7 +206,8 @@ class DiskCache(Cache):
             ) from exc
 
     def _path(self, step: str, key: str) -> Path:
-        return self.root / step / f"{key}.pkl"
+        # step names come from code, but name= allows anything: keep them to one path segment
+        return self.root / re.sub(r"[^A-Za-z0-9_.-]", "_", step) / f"{key}.pkl"
 
     def _get(self, step: str, key: str) -> tuple[bool, Any, str | None]:
         path = self._path(step, key)
@@ -241,6 +246,12 @@ class DiskCache(Cache):
         self._prune(path.parent)
 
     def _prune(self, folder: Path) -> None:
-        entries = sorted(folder.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
-        for old in entries[self.keep_per_step :]:
+        entries = []
+        for p in folder.glob("*.pkl"):
+            try:
+                entries.append((p.stat().st_mtime_ns, p))
+            except FileNotFoundError:
+                continue  # pruned by a concurrent run
+        entries.sort(reverse=True)
+        for _, old in entries[self.keep_per_step :]:
             old.unlink(missing_ok=True)

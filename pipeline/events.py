@@ -48,8 +48,8 @@ class EventBus:
 
     def __init__(self, subscribers: Iterable[Subscriber] = ()) -> None:
         self._subscribers = list(subscribers)
-        # Steps run on pool threads; one event at a time keeps subscribers simple.
-        self._lock = threading.Lock()
+        # One event at a time keeps subscribers simple; reentrant so a subscriber may subscribe.
+        self._lock = threading.RLock()
 
     def subscribe(self, fn: Subscriber) -> None:
         """Add a subscriber for the following events."""

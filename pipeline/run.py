@@ -15,7 +15,7 @@ from types import ModuleType
 from typing import Any
 
 from .cache import Cache, cache_key, fingerprint
-from .errors import GateFailed, StepFailed
+from .errors import CacheError, GateFailed, StepFailed
 from .events import Event, EventBus, Subscriber
 from .gates import Gate, GateResult, as_gate, evaluate, gates_on
 from .graph import Graph
@@ -194,8 +194,12 @@ class _Run:
             out.value = step.call(args)
             if key is not None and self.cache is not None:
                 out.fp = fingerprint(out.value)
-                self.cache.store(step.name, key, out.value, out.fp)
-        except BaseException as exc:  # reported through the record, re-raised by execute
+                try:
+                    self.cache.store(step.name, key, out.value, out.fp)
+                except CacheError as exc:
+                    # The output is valid; a full or read-only cache must not fail the run.
+                    log.warning("step %s: output not cached: %s", step.name, exc)
+        except Exception as exc:  # reported through the record, raised by close()
             out.error = exc
         finally:
             out.duration_s = self.clock() - t

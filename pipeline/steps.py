@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from types import ModuleType
 from typing import Any
 
@@ -28,21 +29,18 @@ class Step:
     cache: bool = True
     version: str | None = None
     doc: str = ""
-    _code: list[str] = field(default_factory=list, repr=False, compare=False)
 
     @property
     def inputs(self) -> tuple[str, ...]:
         """The node names this step reads, in parameter order."""
         return tuple(self.bindings.values())
 
-    @property
+    @cached_property
     def code_version(self) -> str:
         """What the cache keys on besides the inputs: the explicit version or the code's hash."""
         if self.version is not None:
             return f"v:{self.version}"
-        if not self._code:
-            self._code.append(_code_hash(self.fn))
-        return self._code[0]
+        return _code_hash(self.fn)
 
     def call(self, values: Mapping[str, Any]) -> Any:
         """Run the function with the values of its inputs (missing optional ones use defaults)."""

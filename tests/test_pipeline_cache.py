@@ -166,3 +166,15 @@ def test_unwritable_cache_dir_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(CacheError, match="writable"):
         DiskCache(blocker / "cache")
+
+
+def test_a_cache_that_cannot_store_does_not_fail_the_run(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[str] = []
+    p = _counting_pipeline(calls)
+    # a file where the step's cache folder should be: every store fails with an OSError
+    (tmp_path / "doubled").write_text("in the way")
+    res = p.run({"raw": table(10)}, cache=DiskCache(tmp_path))
+    assert res.ok and res["total"] == 45.0
+    assert "output not cached" in caplog.text
