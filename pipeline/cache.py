@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -234,7 +235,8 @@ class DiskCache(Cache):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except (OSError, pickle.PicklingError, TypeError, AttributeError) as exc:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
             if isinstance(exc, OSError):
                 raise CacheError(
                     f"cannot write cache entry {path}: {exc.strerror}; free space or "
