@@ -3,8 +3,8 @@
 Pure functions on Arrow/numpy arrays; the decisions DESIGN §4 leaves open are
 written down in docs/kpi.md. Times are epoch milliseconds in float64 (exact for
 whole and half milliseconds), results in seconds. Interval arithmetic runs on
-sorted arrays: no per-second or per-reading Python loop, so a million readings
-take well under a second.
+sorted arrays (agent/intervals.py): no per-second or per-reading Python loop, so
+a million readings take a second or two.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ from schemas import DEFAULT_GAP_K, DEFAULT_HEARTBEAT_S, NO_SEQ, SKEW_LIMIT_MS, D
 from schemas.batch import RECORD_OBSERVATION, RECORD_READING
 
 from .errors import KpiInputError
+from .intervals import F64, I64, Coverage, distinct, packed_key
 
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
 DAY_MS = 86_400_000.0
 _TS_MS = pa.timestamp("ms", tz="UTC")
 
@@ -50,78 +49,6 @@ KPI_SCHEMA = pa.schema(
 _READING_COLUMNS = ("gateway_id", "device_id", "kind", "ts", "seq", "received_at", "state")
 
 
-# -- interval helpers ---------------------------------------------------------------------
-
-
-def merge_intervals(starts: F64, ends: F64) -> tuple[F64, F64]:
-    """Union of [start, end) intervals as sorted, disjoint intervals (empty ones dropped)."""
-    keep = ends > starts
-    s, e = starts[keep], ends[keep]
-    if s.size == 0:
-        return s, e
-    order = np.argsort(s, kind="stable")
-    s, e = s[order], e[order]
-    reach = np.maximum.accumulate(e)
-    # a new run starts where an interval begins after everything before it has ended
-    new = np.empty(s.size, dtype=bool)
-    new[0] = True
-    new[1:] = s[1:] > reach[:-1]
-    first = np.flatnonzero(new)
-    last = np.append(first[1:] - 1, s.size - 1)
-    return s[first], reach[last]
-
-
-@dataclass(frozen=True)
-class Coverage:
-    """Sorted disjoint intervals with a prefix sum, to measure overlaps in O(log n)."""
-
-    starts: F64
-    ends: F64
-    # before[i]: total length of intervals 0..i-1
-    before: F64
-
-    @classmethod
-    def of(cls, starts: F64, ends: F64) -> Coverage:
-        s, e = merge_intervals(starts, ends)
-        return cls(s, e, np.concatenate(([0.0], np.cumsum(e - s)))[:-1])
-
-    def measure_below(self, x: F64) -> F64:
-        """|coverage ∩ (-inf, x)| for each x."""
-        if self.starts.size == 0:
-            return np.zeros_like(x)
-        i = np.searchsorted(self.starts, x, side="right") - 1
-        j = np.maximum(i, 0)
-        inside = np.clip(x - self.starts[j], 0.0, self.ends[j] - self.starts[j])
-        return np.where(i >= 0, self.before[j] + inside, 0.0)
-
-    def measure(self, a: F64, b: F64) -> F64:
-        """|coverage ∩ [a, b)| for each pair (0 where b <= a)."""
-        return np.where(b > a, self.measure_below(b) - self.measure_below(a), 0.0)
-
-    def contains(self, x: F64) -> npt.NDArray[np.bool_]:
-        """Whether each point lies in the coverage."""
-        if self.starts.size == 0:
-            return np.zeros(x.shape, dtype=bool)
-        i = np.searchsorted(self.starts, x, side="right") - 1
-        j = np.maximum(i, 0)
-        return (i >= 0) & (x < self.ends[j])
-
-    def slot_starts_in(self, a: F64, b: F64, d0: float, h: F64) -> I64:
-        """For each (a, b, h): how many slot starts d0 + i*h lie in coverage ∩ [a, b)."""
-        out = np.zeros(a.shape, dtype=np.int64)
-        if self.starts.size == 0:
-            return out
-        # intervals j0..j1-1 overlap [a, b)
-        j0 = np.searchsorted(self.ends, a, side="right")
-        j1 = np.searchsorted(self.starts, b, side="left")
-        for k in np.flatnonzero(j1 > j0):
-            s = np.maximum(self.starts[j0[k] : j1[k]], a[k])
-            e = np.minimum(self.ends[j0[k] : j1[k]], b[k])
-            # slot starts below x (x >= d0): ceil((x - d0) / h)
-            out[k] = int(np.sum(np.ceil((e - d0) / h[k]) - np.ceil((s - d0) / h[k])))
-        return out
-
-
 # -- preparing readings -------------------------------------------------------------------
 
 
@@ -134,29 +61,6 @@ def _ranks(col: pa.ChunkedArray | pa.Array) -> tuple[I64, list[str]]:
     rank[order] = np.arange(len(words), dtype=np.int64)
     idx = enc.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
     return rank[idx], [words[i] for i in order]
-
-
-def _distinct(keys: I64) -> I64:
-    """Sorted distinct values (a sort and a diff beat np.unique's hashing on big int arrays)."""
-    if keys.size == 0:
-        return keys
-    k = np.sort(keys)
-    return k[np.append(True, k[1:] != k[:-1])]
-
-
-def _packed(major: I64, minor_ms: F64, width: int = 1) -> I64 | None:
-    """One int64 sort key ordering by (major, minor_ms), or None when it would overflow.
-
-    One argsort of a packed key is several times faster than np.lexsort of the parts;
-    ``width`` leaves room for a small tie-breaker added by the caller (key * width + x).
-    """
-    if major.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    lo = float(minor_ms.min())
-    span = int(float(minor_ms.max()) - lo) + 1
-    if (int(major.max()) + 1) * span * width >= 2**62:
-        return None
-    return major * span + (minor_ms - lo).astype(np.int64)
 
 
 def _ms(col: pa.ChunkedArray) -> F64:
@@ -213,7 +117,7 @@ def prepare_readings(rows: pa.Table) -> Readings:
     skewed = ts - recv > SKEW_LIMIT_MS
     event = np.where(skewed, recv, ts)
     # group copies of one key: sort by (device, kind, ts, seq), then pick the best copy
-    packed = _packed(device * max(len(kinds), 1) + kind, ts)
+    packed = packed_key(device * max(len(kinds), 1) + kind, ts)
     order = np.lexsort((seq, packed) if packed is not None else (seq, ts, kind, device))
     same = np.zeros(n, dtype=bool)
     if n > 1:
@@ -274,7 +178,7 @@ def up_intervals(
     """
     # kind and seq never change the walk (equal instants are zero-length steps): sort by
     # (device, event time, offline last), packed into one key when it fits
-    packed = _packed(device, event_ms, width=2)
+    packed = packed_key(device, event_ms, width=2)
     if packed is None:
         order = np.lexsort((seq, kind, offline, event_ms, device))
     else:
@@ -354,7 +258,7 @@ def _observed(
         np.maximum.at(h_max, r.gateway, u.heartbeat_ms[dev_of_row])
     obs_g = np.array([gw_index.get(g, -1) for g in obs_gw], dtype=np.int64)
     # gateway sets per device, from every copy in the data
-    pair_keys = _distinct(dev_of_row * max(ng, 1) + r.gateway)
+    pair_keys = distinct(dev_of_row * max(ng, 1) + r.gateway)
     sets: dict[tuple[int, ...], int] = {}
     set_of_dev = np.full(len(u.ids), -1, dtype=np.int64)
     if pair_keys.size:
@@ -456,7 +360,7 @@ def _one_day(
     slot = np.floor((read_t[in_day] - d0) / u.heartbeat_ms[rd]).astype(np.int64)
     # one int64 key per (device, slot) so np.unique runs on a flat array
     width = int(slot.max()) + 1 if slot.size else 1
-    keys = _distinct(rd * width + slot)
+    keys = distinct(rd * width + slot)
     slot_dev, slot_idx = keys // width, keys % width
     slot_start = d0 + slot_idx * u.heartbeat_ms[slot_dev]
     for g, cov in enumerate(coverages):
