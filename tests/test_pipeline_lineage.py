@@ -56,3 +56,12 @@ def test_lazy_ibis_table_gets_schema_but_no_row_count() -> None:
     t = ibis.memtable({"a": [1, 2, 3], "b": ["x", "y", "z"]})
     shape = describe(t)
     assert shape.schema == {"a": "int64", "b": "string"} and shape.rows is None
+
+
+def test_every_public_name_is_documented() -> None:
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "pipeline.md").read_text()
+    missing = [n for n in pipeline.__all__ if not re.search(rf"\b{n}\b", doc)]
+    assert not missing, f"document {missing} in docs/pipeline.md"
