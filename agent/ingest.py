@@ -22,6 +22,7 @@ from schemas import InvalidMessage, Reading, decode
 from .buffer import Buffer, Quarantined
 from .config import AgentConfig, read_password
 from .errors import ConfigError
+from .mqttio import BufferedClient
 
 log = logging.getLogger(__name__)
 
@@ -148,11 +149,11 @@ FATAL_CONNACK = {
 }
 
 
-def make_client(cfg: AgentConfig) -> mqtt.Client:
+def make_client(cfg: AgentConfig) -> BufferedClient:
     """A paho client for the agent's persistent session; nothing is connected yet."""
     m = cfg.mqtt
     v5 = m.protocol == "mqttv5"
-    client = mqtt.Client(
+    client = BufferedClient(
         callback_api_version=CallbackAPIVersion.VERSION2,
         client_id=cfg.client_id,
         protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,

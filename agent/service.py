@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import select
 import signal
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +25,7 @@ from .buffer import Buffer
 from .config import AgentConfig, check_files
 from .errors import AgentError, BrokerError, StoreError
 from .ingest import FATAL_CONNACK, Batcher, Decoder, make_client, subscriptions
+from .mqttio import BufferedClient
 from .notify import Notifier
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,8 @@ ALIVE_EVERY_S = 5.0
 # A failing COMMIT is retried this often; the broker keeps the messages in flight meanwhile.
 STORE_RETRY_S = 1.0
 STATS_EVERY_S = 60.0
+# paho's keepalive bookkeeping (PINGREQ, ping timeout) needs no finer clock than this.
+MISC_EVERY_S = 0.25
 
 
 def wall_ms() -> int:
@@ -59,7 +63,7 @@ class Service:
         self,
         cfg: AgentConfig,
         *,
-        client_factory: Callable[[AgentConfig], mqtt.Client] = make_client,
+        client_factory: Callable[[AgentConfig], BufferedClient] = make_client,
         clock_ms: Callable[[], int] = wall_ms,
         monotonic: Callable[[], float] = time.monotonic,
         rand: Callable[[], float] = random.random,
@@ -91,7 +95,7 @@ class Service:
         self._last_stats = 0.0
         self.buffer: Buffer | None = None
         self.batcher: Batcher | None = None
-        self.client: mqtt.Client | None = None
+        self.client: BufferedClient | None = None
 
     # -- control ---------------------------------------------------------------------
 
@@ -155,6 +159,7 @@ class Service:
     def _loop(self) -> None:
         assert self.client is not None and self.batcher is not None
         client, batcher = self.client, self.batcher
+        last_misc = 0.0
         while not self._stopping and self._fatal is None:
             now = self._mono()
             if not self._socket_open:
@@ -164,13 +169,47 @@ class Service:
                     continue
                 self._try_connect(now)
                 continue
-            rc = client.loop(batcher.seconds_until_due(now, IDLE_POLL_S))
+            rc = self._pump(client, batcher.seconds_until_due(now, IDLE_POLL_S))
             now = self._mono()
+            if rc == mqtt.MQTT_ERR_SUCCESS and now - last_misc >= MISC_EVERY_S:
+                rc = client.loop_misc()
+                last_misc = now
             if batcher.due(now) and now >= self._store_retry_at:
                 self._flush(now)
             if rc != mqtt.MQTT_ERR_SUCCESS or self._lost:
                 self._connection_lost(rc)
             self._housekeeping(now)
+
+    def _pump(self, client: BufferedClient, timeout: float) -> int:
+        """Wait for the socket (unless input is already buffered), then read packets.
+
+        Reading goes on while bytes are buffered, up to a full batch, so one COMMIT and one
+        ack write cover everything that arrived together.
+        """
+        assert self.batcher is not None
+        sock = client.socket()
+        if sock is None:
+            return mqtt.MQTT_ERR_NO_CONN
+        if not client.has_buffered_input():
+            wlist = [sock] if client.want_write() else []
+            try:
+                readable, writable, _ = select.select([sock], wlist, [], timeout)
+            except (OSError, ValueError):
+                return mqtt.MQTT_ERR_CONN_LOST
+            if writable:
+                rc = client.loop_write()
+                if rc != mqtt.MQTT_ERR_SUCCESS:
+                    return rc
+            if not readable:
+                return mqtt.MQTT_ERR_SUCCESS
+        batch_max = self.batcher.batch_max
+        for _ in range(batch_max):
+            rc = client.loop_read()
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                return rc
+            if not client.has_buffered_input() or self.batcher.pending >= batch_max:
+                break
+        return mqtt.MQTT_ERR_SUCCESS
 
     def _try_connect(self, now: float) -> None:
         assert self.client is not None
@@ -198,7 +237,9 @@ class Service:
         assert self.batcher is not None and self.client is not None
         ack = self.client.ack if self._connected else None
         try:
-            self.batcher.flush(ack, self._alive_mark())
+            # Corked: the whole batch's PUBACKs leave in one write.
+            with self.client.corked():
+                self.batcher.flush(ack, self._alive_mark())
         except StoreError as exc:
             # Not acked, still pending: the broker holds the messages until we can commit.
             log.error("%s; retrying in %.0f s", exc, STORE_RETRY_S)
@@ -282,18 +323,12 @@ class Service:
                 self._flush(self._mono())
             if client is not None and self._socket_open:
                 # Let the acks leave before the DISCONNECT.
-                for _ in range(100):
-                    if not client.want_write():
-                        break
-                    client.loop(0.01)
+                _drain_writes(client, 1.0)
             self._close_interval("shutdown")
             self.notifier.stopping()
             if client is not None and self._socket_open:
                 client.disconnect()
-                for _ in range(20):
-                    if not client.want_write():
-                        break
-                    client.loop(0.01)
+                _drain_writes(client, 0.2)
         finally:
             if self.buffer is not None:
                 self.buffer.close()
@@ -398,3 +433,18 @@ class Service:
             self._lost = True
             if reason is not None and reason.is_failure:
                 log.info("broker closed the connection: %s", reason)
+
+
+def _drain_writes(client: BufferedClient, timeout: float) -> None:
+    """Write what paho and the cork buffer still hold, for at most ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while client.want_write() and time.monotonic() < deadline:
+        sock = client.socket()
+        if sock is None:
+            return
+        try:
+            _, writable, _ = select.select([], [sock], [], 0.01)
+        except (OSError, ValueError):
+            return
+        if writable and client.loop_write() != mqtt.MQTT_ERR_SUCCESS:
+            return
