@@ -95,6 +95,26 @@ def rewrite_directives(text: str, replace: dict[str, str]) -> str:
     return "\n".join(out) + "\n"
 
 
+def rewrite_keys(toml_text: str, replace: dict[str, str]) -> str:
+    """Swap the value of each ``key = value`` line of a TOML example; each key once.
+
+    Values are given as TOML (quoted strings stay quoted). Like ``rewrite_directives``, a
+    key that vanished or repeats fails loudly.
+    """
+    seen = dict.fromkeys(replace, 0)
+    out = []
+    for line in toml_text.splitlines():
+        key, sep, _ = line.partition(" = ")
+        if sep and key in replace:
+            seen[key] += 1
+            line = f"{key} = {replace[key]}"
+        out.append(line)
+    wrong = {k: n for k, n in seen.items() if n != 1}
+    if wrong:
+        raise AssertionError(f"expected each key once in the example config: {wrong}")
+    return "\n".join(out) + "\n"
+
+
 @dataclass
 class GatewayBroker:
     """Mosquitto with deploy/mosquitto/fleetpulse.conf under a Debian-like main config."""
