@@ -227,6 +227,11 @@ class Scenario(_Model):
             return None
         return min(looping, key=lambda f: f.expected_uptime()).version
 
+    def expected_messages_per_device_day(self) -> float:
+        """Telemetry per device-day implied by the heartbeat mix (statuses/events add ~1 %)."""
+        total = sum(h.share for h in self.heartbeats)
+        return sum(h.share / total * 86400 / h.seconds for h in self.heartbeats)
+
     def gateways(self) -> dict[str, list[str]]:
         """Gateway → the sites it serves (each agent subscribes ``fleet/<site>/#``)."""
         out: dict[str, list[str]] = {}
