@@ -144,7 +144,8 @@ FATAL_CONNACK = {
     0x84: "unsupported protocol version: set [mqtt] protocol = 'mqttv311'",
     0x85: "client identifier not valid: set [mqtt] client_id",
     0x86: "bad user name or password: check [mqtt] username and password_file",
-    0x87: "not authorized: check the broker's ACL for this client",
+    0x87: "not authorized: check [mqtt] username and password_file, and the broker's "
+    "allow_anonymous / ACL settings for this client",
     0x8C: "bad authentication method",
 }
 

@@ -276,3 +276,37 @@ def test_systemd_ready_watchdog_and_stopping(broker: Broker, tmp_path: Path) -> 
     db = tmp_path / "data" / "agent.sqlite3"
     # READY only once subscribed: the observation interval exists by then.
     assert query(db, "SELECT count(*) FROM observations") == [(1,)]
+
+
+# -- protocol variants and refusals ---------------------------------------------------------
+
+
+def test_mqtt311_session_queues_while_the_agent_is_away(broker: Broker, tmp_path: Path) -> None:
+    cfg = config_of(write_config(tmp_path, broker.port, 'protocol = "mqttv311"'))
+    svc = Service(cfg)
+    thread = _run_service(svc)
+    svc.stop()
+    thread.join(30)
+    publish_all(broker.port, [telemetry("dev-1", i, T0 + i * 30_000) for i in range(200)])
+    svc = Service(cfg)
+    thread = _run_service(svc)
+    try:
+        wait_for("the 200 queued messages", lambda: count(cfg.db_path) == 200, 30)
+    finally:
+        svc.stop()
+        thread.join(30)
+    assert query(cfg.db_path, "SELECT closed_by FROM observations") == [("shutdown",)] * 2
+
+
+def test_refused_credentials_stop_the_agent_with_one_clear_line(tmp_path: Path) -> None:
+    broker = Broker(tmp_path / "broker", extra_conf="allow_anonymous false\n").start()
+    try:
+        agent = AgentProcess(write_config(tmp_path, broker.port), tmp_path / "agent.log").start()
+        assert agent.proc is not None
+        code = agent.proc.wait(30)
+    finally:
+        broker.kill()
+    assert code == 1
+    last = agent.log_text().strip().splitlines()[-1]
+    assert last.startswith("fleetpulse agent run: broker 127.0.0.1:")
+    assert "refused the connection" in last and "Traceback" not in agent.log_text()
