@@ -3,7 +3,7 @@
 Four runs of the ``firmware-regression`` scenario (seed 42): message generation with no
 broker (``--dry-run``); the pipelined ``wire`` client with no subscriber; the same with a
 QoS 1 ``mosquitto_sub`` draining every message (what a demo looks like, minus the agents);
-and the ``paho`` client, on a smaller fleet because it is about ten times slower. Each rate
+and the ``paho`` client, on a smaller fleet because it is several times slower. Each rate
 counts the messages published over the wall time of the publishing loop (planning and file
 writing excluded), waiting for every PUBACK. ``python -m bench sim``;
 ``FP_BENCH_SIM_DEVICES`` and ``FP_BENCH_SIM_DAYS`` change the fleet.

@@ -62,7 +62,7 @@ def register(subs: Any, name: str, help_text: str) -> None:
         "--client",
         choices=CLIENTS,
         default="wire",
-        help="MQTT client: wire (pipelined, default) or paho (paho-mqtt, ~10x slower)",
+        help="MQTT client: wire (pipelined, default) or paho (paho-mqtt, ~4x slower)",
     )
     p.add_argument(
         "--dry-run",

@@ -3,7 +3,7 @@
 All devices share one publisher connection: thousands of simulated devices must not mean
 thousands of sockets, and one connection keeps every device's messages in order. Two clients
 implement it: ``wire`` (default, pipelined, see sim/wire.py for why) and ``paho``
-(paho-mqtt 2.x, about 10x slower per message).
+(paho-mqtt 2.x, about 4x slower per message here, see BENCHMARKS.md).
 
 The LWT is the hard part when time is simulated: a real will carries whatever the device put
 in it at connect time, and the broker sends it when the socket dies. To give each crash its

@@ -1,13 +1,14 @@
 """A pipelined MQTT 3.1.1 QoS 1 publisher on a plain socket, and the one-shot will connection.
 
 Why not paho for the bulk: paho writes every PUBLISH with its own ``send`` and builds
-several objects per PUBACK; on a 2-core machine that caps a publisher near 5k msg/s while
-Mosquitto takes 50k+ msg/s from one connection. A load generator that is slower than the
-system under test measures itself, so the default publisher packs many PUBLISH packets into
-one write and reads PUBACKs as they come. It implements only what a publisher needs:
-CONNECT/CONNACK, PUBLISH (QoS 1) / PUBACK, PINGREQ/PINGRESP, DISCONNECT; on a lost
-connection it reconnects and resends every unacknowledged message with DUP set (what paho
-does for QoS 1 too). paho stays available (``--client paho``) and the tests receive with it.
+several objects per PUBACK; on the shared 2-core machine paho published 5-8k msg/s where
+this client publishes 30k+ (BENCHMARKS.md), and Mosquitto takes 50k+ msg/s from one
+connection. A load generator slower than the system under test measures itself, so the
+default publisher packs many PUBLISH packets into one write and reads PUBACKs as they come.
+It implements only what a publisher needs: CONNECT/CONNACK, PUBLISH (QoS 1) / PUBACK,
+PINGREQ/PINGRESP, DISCONNECT; on a lost connection it reconnects and resends every
+unacknowledged message with DUP set (what paho does for QoS 1 too). paho stays available
+(``--client paho``) and the tests receive with it.
 """
 
 from __future__ import annotations
