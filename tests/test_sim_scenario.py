@@ -118,3 +118,16 @@ def test_docs_describe_every_cli_flag() -> None:
         assert flag in doc
     for flag in ("--client", "--dry-run", "--quiet"):
         assert flag in doc
+
+
+def test_public_api_is_complete() -> None:
+    import types
+
+    import sim
+
+    public = {
+        n
+        for n, v in vars(sim).items()
+        if not n.startswith("_") and not isinstance(v, types.ModuleType)
+    }
+    assert public == set(sim.__all__)
