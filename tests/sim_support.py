@@ -63,3 +63,17 @@ class Subscriber:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+
+def batch_rows(readings: list[Reading], gateway_of_site: dict[str, str]) -> dict[str, list[object]]:
+    """Reading rows in schemas.batch.BATCH_SCHEMA column names (as if each site's gateway
+    had received them), for feeding a KPI implementation without MQTT."""
+    names = ["record_type", "gateway_id", "device_id", "site", "kind", "ts", "seq"]
+    names += ["received_at", "end_ts", "state", "event_type"]
+    cols: dict[str, list[object]] = {k: [] for k in names}
+    for r in readings:
+        values = ("reading", gateway_of_site[r.site], r.device_id, r.site, r.kind, r.ts_ms, r.seq)
+        values += (r.received_ms, None, r.state, r.event_type)
+        for k, v in zip(cols, values, strict=True):
+            cols[k].append(v)
+    return cols
