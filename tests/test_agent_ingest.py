@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -18,6 +20,7 @@ from agent.ingest import make_client
 from agent.service import Service
 from schemas import KINDS, MAX_PAYLOAD_BYTES, InvalidMessage, Reading, decode
 from tests.agent_support import (
+    ROOT,
     AgentProcess,
     Message,
     config_of,
@@ -58,6 +61,16 @@ def test_mosquitto_pub_messages_are_stored_once_and_bad_one_quarantined(
             lambda: (count(db), count(db, "quarantine")) == (9, 1),
             30,
         )
+        # `agent status` reads through its own connection while the agent runs.
+        status = subprocess.run(
+            [sys.executable, "-m", "fleetpulse", "agent", "status", "--json",
+             "--config", str(agent.config)],
+            cwd=ROOT, capture_output=True, text=True, timeout=60, check=True,
+        )  # fmt: skip
+        figures = json.loads(status.stdout)
+        assert (figures["readings_total"], figures["quarantined_total"]) == (9, 1)
+        assert figures["pending_upload_rows"] == 9 and figures["subscribed_since"] is not None
+        assert agent.alive()
     finally:
         assert agent.terminate() == 0, agent.log_text()[-2000:]
     assert query(db, "SELECT reason FROM quarantine") == [("payload is not a JSON object",)]
