@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import CentralConfig, load_config
 from .errors import CentralError, ConfigError
+from .report.cli import register_report
 
 if TYPE_CHECKING:
     from .ledger import Ledger
@@ -149,6 +150,7 @@ def register_token(subs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     register_serve,
     register_token,
+    register_report,
 ]
 
 
