@@ -33,7 +33,24 @@ _WHERE = {
     "summarize": "summary",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "Gold",
+    "GoldInvalid",
+    "GoldMissing",
+    "Lineage",
+    "ReportError",
+    "ReportWriteError",
+    "RunInfo",
+    "Summary",
+    "TableVersion",
+    "build_report",
+    "latest_run",
+    "lineage",
+    "load_gold",
+    "make_plots",
+    "summarize",
+    "write_report",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -136,7 +136,7 @@ def _pct_ticks(axis: Any, lo: float) -> None:
 def _target_line(ax: Axes, target: float, horizontal: bool = True) -> None:
     # Labelled on the line itself: a legend entry would compete with the data's legend.
     text = f"target {target * 100:g}%"
-    style = {"color": "#555555", "linestyle": "--", "linewidth": 1.0, "zorder": 2.5}
+    style: dict[str, Any] = {"color": "#555555", "linestyle": "--", "linewidth": 1.0, "zorder": 2.5}
     if horizontal:
         ax.axhline(target, **style)
         ax.annotate(
