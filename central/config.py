@@ -16,7 +16,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -30,6 +30,42 @@ _ENV_NOT_KEYS = frozenset({"FLEETPULSE_CONFIG"})
 
 DEFAULT_DATA_DIR = Path("/var/lib/fleetpulse-central")
 MiB = 1024 * 1024
+
+
+class SourcesConfig(BaseModel):
+    """``[sources]``: what consolidation merges with the landed batches (paths; none needed)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    registry: Path | None = Field(None, description="device registry, CSV or Parquet")
+    firmware: Path | None = Field(None, description="firmware history: an Avro file or folder")
+    alerts: Path | None = Field(None, description="alerts: an Avro file or a folder of them")
+
+
+class SparkConfig(BaseModel):
+    """``[spark]``: where ``consolidate --engine spark`` runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    master: str = Field("local[*]", description="spark://HOST:7077, yarn, k8s://..., local[N]")
+    conf: dict[str, str] = Field(
+        default_factory=dict, description="extra Spark settings, e.g. spark.executor.memory"
+    )
+
+
+class ConsolidateConfig(BaseModel):
+    """``[consolidate]``: KPI defaults and the engine of ``fleetpulse central consolidate``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Literal["duckdb", "spark"] = Field("duckdb", description="default --engine")
+    gap_k: float = Field(2.5, ge=1, description="gap tolerance k where the registry has none")
+    uptime_target: float = Field(
+        0.99, ge=0, le=1, description="device_uptime counted as meeting the target"
+    )
+    duckdb_memory_limit: str | None = Field(
+        None, description="DuckDB memory_limit, e.g. '2GB' (default: DuckDB's 80% of RAM)"
+    )
 
 
 class CentralConfig(BaseModel):
@@ -60,6 +96,9 @@ class CentralConfig(BaseModel):
     )
     tls_cert: Path | None = Field(None, description="PEM certificate; serve HTTPS with tls_key")
     tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    sources: SourcesConfig = Field(default_factory=SourcesConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    consolidate: ConsolidateConfig = Field(default_factory=ConsolidateConfig)
 
     @field_validator("listen")
     @classmethod
