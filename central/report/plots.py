@@ -104,6 +104,12 @@ def to_svg(fig: Figure, label: str) -> str:
     )
     # matplotlib writes an RDF metadata block whose vocabularies are URLs; it says nothing here
     text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, flags=re.S)
+    # Seven SVGs share one page, and matplotlib numbers its ids from 1 in each (axes_1, …):
+    # prefix them so every id, and every reference to one, is unique in the document.
+    prefix = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
+    text = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', text)
+    text = re.sub(r"url\(#([^)]+)\)", rf"url(#{prefix}-\1)", text)
+    text = re.sub(r'href="#([^"]+)"', rf'href="#{prefix}-\1"', text)
     return text.strip()
 
 
