@@ -15,6 +15,8 @@ run in parallel, and a device's next message waits until its will went out.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -239,6 +241,8 @@ class Publisher:
             raise BrokerError(f"--client {client!r}: use one of {', '.join(CLIENTS)}")
         self._wills = ThreadPoolExecutor(will_workers, thread_name_prefix="sim-will")
         self._pending_will: dict[str, Future[None]] = {}
+        # devices whose latest status is a will: (topic, payload) the broker must end up with
+        self._last_will: dict[str, tuple[str, bytes]] = {}
         self.wills_sent = 0
 
     def connect(self) -> None:
@@ -250,6 +254,8 @@ class Publisher:
         if pending is not None:
             # the device's previous life must have ended (its will sent) before it speaks again
             pending.result()
+        if retain:
+            self._last_will.pop(device_id, None)
         self.transport.publish(topic, payload, retain)
 
     def will(self, topic: str, payload: bytes, device_id: str, client_id: str) -> None:
@@ -260,6 +266,7 @@ class Publisher:
         self._pending_will[device_id] = self._wills.submit(
             self._send_will, client_id, topic, payload
         )
+        self._last_will[device_id] = (topic, payload)
         self.wills_sent += 1
 
     def _send_will(self, client_id: str, topic: str, payload: bytes) -> None:
@@ -285,10 +292,51 @@ class Publisher:
             fut.result()
         self._pending_will.clear()
         self.transport.flush()
+        if self._last_will:
+            # a will is published when the broker gets round to the reset socket; make sure
+            # it has before saying "done", or a consumer flushed right after could miss it
+            confirm_retained(self.addr, dict(self._last_will.values()), self.ack_timeout_s)
 
     def close(self) -> None:
         self._wills.shutdown(wait=True, cancel_futures=True)
         self.transport.close()
+
+
+def confirm_retained(addr: BrokerAddress, expected: dict[str, bytes], timeout_s: float) -> None:
+    """Wait until the broker holds ``expected`` (topic -> payload) as its retained messages."""
+    missing = dict(expected)
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def on_message(client: mqtt.Client, userdata: object, msg: mqtt.MQTTMessage) -> None:
+        # the retained copy at subscribe time, or the will itself if it comes just after
+        with lock:
+            if missing.get(msg.topic) == msg.payload:
+                del missing[msg.topic]
+                if not missing:
+                    done.set()
+
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"fleetpulse-sim-check-{os.getpid()}"
+    )
+    if addr.username is not None:
+        client.username_pw_set(addr.username, addr.password)
+    client.on_message = on_message
+    client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in sorted(expected)])
+    try:
+        client.connect(addr.host, addr.port, keepalive=30)
+    except OSError as exc:
+        raise BrokerError(f"cannot connect to {addr.url} to check the wills: {exc}") from exc
+    client.loop_start()
+    try:
+        if not done.wait(timeout_s):
+            raise BrokerError(
+                f"the broker at {addr.url} did not publish {len(missing)} will(s) within "
+                f"{timeout_s:g} s, e.g. on {next(iter(missing))}"
+            )
+    finally:
+        client.disconnect()
+        client.loop_stop()
 
 
 def pace(
