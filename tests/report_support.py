@@ -10,6 +10,7 @@ check the report's figures against sums it makes itself.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections import defaultdict
@@ -36,6 +37,7 @@ DAY_S = 86_400.0
 FAULTY = "2.4.0"
 TARGET = 0.99
 LOSSY_DEVICE = "rtm-02"
+PARTITIONED = {"device_day": ["day"], "device_firmware_day": ["day"]}  # as publish.py does
 # which devices (by number) of each site get 2.4.0
 ROLLOUT = {"ams": {0, 3}, "gro": {0, 2, 4}, "rtm": {0}, "ein": set()}
 OUTAGE_SITE, OUTAGE_DAY, OUTAGE_S = "ein", DAYS[1], 7200.0
@@ -136,7 +138,7 @@ def _rollup(rows: list[dict[str, Any]], keys: list[str], uptime_name: str) -> li
             },
         )
         for c in ("eligible_s", "up_s", "down_s", "unknown_s"):
-            a[c] += r[c]
+            a[c] += r.get(c, 0.0)
         a["alert_count"] += r.get("alert_count", 0)
         devices[k].add(r["device_id"])
     out = []
@@ -202,10 +204,19 @@ def gold_tables(fleet: Fleet) -> dict[str, pa.Table]:
 
 
 def write_gold(gold_dir: Path, tables: dict[str, pa.Table], skip: tuple[str, ...] = ()) -> None:
-    """Each table as a Delta table under ``gold_dir/<name>``, as consolidation publishes."""
+    """Each table as a Delta table under ``gold_dir/<name>``, as consolidation publishes
+    (per-device tables partitioned by day)."""
     for name, table in tables.items():
         if name not in skip:
-            write_deltalake(str(gold_dir / name), table, mode="overwrite")
+            write_deltalake(
+                str(gold_dir / name), table, mode="overwrite", partition_by=PARTITIONED.get(name)
+            )
+
+
+def text_of(html: str) -> str:
+    """The page's text outside the SVGs, tags removed (for reading sentences)."""
+    body = re.sub(r"<svg.*?</svg>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body))
 
 
 def uptime(rows: list[dict[str, Any]]) -> float:
@@ -268,3 +279,82 @@ def screenshot(html: Path, png: Path, profile: Path, size: tuple[int, int] = (14
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0 and png.exists(), done.stderr[-2000:]
+
+
+# -- gold from the simulator's ground truth -------------------------------------------------
+
+
+def gold_from_sim(sim_dir: Path) -> dict[str, pa.Table]:
+    """Gold-shaped tables from ``sim.prepare`` output: up/down from truth (not measured),
+    site and cell from the registry, firmware from the installs, alerts from the Avro file,
+    connectivity modelled as 1 - the scenario's message loss. For the report's story, not for
+    accuracy: consolidation computes the real tables from the messages."""
+    import csv
+    import json
+    from datetime import UTC, datetime
+
+    import fastavro
+    import pyarrow.parquet as pq
+
+    with (sim_dir / "registry.csv").open(newline="") as f:
+        registry = {r["device_id"]: r for r in csv.DictReader(f)}
+    scenario = json.loads((sim_dir / "truth" / "scenario.json").read_text())
+    loss = scenario["special_devices"]["lossy"]
+    installs: dict[str, list[tuple[datetime, str]]] = defaultdict(list)
+    with (sim_dir / "firmware_versions.avro").open("rb") as f:
+        for rec in fastavro.reader(f):
+            installs[rec["device_id"]].append((rec["installed_at"], rec["firmware_version"]))
+    with (sim_dir / "alerts.avro").open("rb") as f:
+        alerts = list(fastavro.reader(f))
+    truth = pq.read_table(sim_dir / "truth" / "device_day.parquet").to_pylist()
+    dd = []
+    for r in truth:
+        dev, day = r["device_id"], r["day"]
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        end = start + timedelta(days=1)
+        ran = sorted(installs[dev])
+        version = next((v for at, v in reversed(ran) if at < end), None)
+        reg = registry[dev]
+        dd.append(
+            {
+                "day": day,
+                "device_id": dev,
+                "site": reg["site"],
+                "geohash5": pygeohash.encode(float(reg["lat"]), float(reg["lon"]), 5),
+                "firmware_version": version,
+                "up_s": float(r["up_s"]),
+                "down_s": float(r["down_s"]),
+                "eligible_s": float(r["up_s"]) + float(r["down_s"]),
+                "unknown_s": 0.0,
+                "device_uptime": r["device_uptime"],
+                "connectivity_ratio": 1.0 - loss.get(dev, 0.0),
+                "alert_count": sum(
+                    a["device_id"] == dev
+                    and a["raised_at"] < end
+                    and (a["cleared_at"] is None or a["cleared_at"] > start)
+                    for a in alerts
+                ),
+            }
+        )
+    fw_rows = pq.read_table(sim_dir / "truth" / "firmware_day.parquet").to_pylist()
+    devices_on: dict[tuple[Any, str], int] = defaultdict(int)
+    for r in dd:
+        devices_on[(r["day"], r["firmware_version"])] += 1
+    firmware_day = [
+        {
+            **r,
+            "devices": devices_on[(r["day"], r["firmware_version"])],
+            "device_uptime": r["uptime"],
+        }
+        for r in fw_rows
+    ]
+    fleet_day = _rollup(dd, ["day"], "fleet_uptime")
+    for r in fleet_day:
+        r["uptime_target"] = TARGET
+    return {
+        "device_day": pa.Table.from_pylist(dd),
+        "fleet_day": pa.Table.from_pylist(fleet_day),
+        "firmware_day": pa.Table.from_pylist(firmware_day),
+        "site_day": pa.Table.from_pylist(_rollup(dd, ["day", "site"], "device_uptime")),
+        "geo_day": pa.Table.from_pylist(_rollup(dd, ["day", "geohash5"], "device_uptime")),
+    }

@@ -20,6 +20,7 @@ from tests.report_support import (
     LOSSY_DEVICE,
     fleet_rows,
     gold_tables,
+    text_of,
     uptime,
     write_gold,
     write_run_record,
@@ -54,12 +55,6 @@ def report(fleet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}" in done.stdout
     return out.read_text(encoding="utf-8")
-
-
-def text_of(html: str) -> str:
-    """The page's text outside the SVGs, tags removed (for reading sentences)."""
-    body = re.sub(r"<svg.*?</svg>", " ", html, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body))
 
 
 def test_fleet_uptime_per_day_is_the_time_weighted_rollup(report: str) -> None:
@@ -287,3 +282,18 @@ def test_same_tables_same_report(fleet_dir: Path) -> None:
     a = build_report(fleet_dir / "gold", fleet_dir / "runs", now=now)
     b = build_report(fleet_dir / "gold", fleet_dir / "runs", now=now)
     assert a == b
+
+
+def test_target_from_config_when_gold_has_none(tmp_path: Path) -> None:
+    tables = gold_tables(fleet_rows())
+    tables["fleet_day"] = tables["fleet_day"].drop_columns(["uptime_target"])
+    write_gold(tmp_path / "data" / "gold", tables)
+    config = write_config(tmp_path / "central.toml", tmp_path / "data")
+    with config.open("a") as f:
+        f.write("[consolidate]\nuptime_target = 0.95\n")
+    out = tmp_path / "r.html"
+    done = cli("central", "report", "--config", str(config), "--out", str(out))
+    assert done.returncode == 0, done.stderr
+    text = text_of(out.read_text())
+    assert "(target 95.0%)" in text
+    assert "carry no uptime target; 95.0% ([consolidate] uptime_target" in text

@@ -13,7 +13,7 @@ from .data import Gold, RunInfo, latest_run, load_gold
 from .errors import ReportWriteError
 from .html import Meta, Plot, render
 from .lineage import failure_of, lineage
-from .summary import UNKNOWN_FIRMWARE, Summary, firmware_series, pct, summarize
+from .summary import DEFAULT_TARGET, UNKNOWN_FIRMWARE, Summary, firmware_series, pct, summarize
 
 log = logging.getLogger(__name__)
 
@@ -88,10 +88,12 @@ def build_report(
     since: date | None = None,
     until: date | None = None,
     now: datetime | None = None,
+    default_target: float = DEFAULT_TARGET,
 ) -> str:
-    """The HTML of the report on the gold tables under ``gold_dir``."""
+    """The HTML of the report on the gold tables under ``gold_dir``; ``default_target`` is
+    used only when the tables do not carry the target consolidation applied."""
     gold = load_gold(gold_dir, since, until)
-    s = summarize(gold)
+    s = summarize(gold, default_target=default_target)
     run: RunInfo | None = latest_run(runs_dir)
     meta = Meta(
         generated_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),

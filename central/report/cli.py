@@ -33,6 +33,7 @@ def _report(args: argparse.Namespace) -> int:
         args.runs or runs_dir_of(config.data_dir),
         since=args.since,
         until=args.until,
+        default_target=config.consolidate.uptime_target,
     )
     write_report(args.out, text)
     print(f"wrote {args.out} ({len(text.encode()) / 1024:,.0f} KiB)")

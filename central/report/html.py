@@ -158,8 +158,8 @@ def _why(s: Summary) -> str:
         parts.append("</ol>")
     if not s.target_from_gold:
         parts.append(
-            f'<p class="note">The gold tables carry no uptime target; {pct(s.target)} is assumed.'
-            "</p>"
+            f'<p class="note">The gold tables carry no uptime target; {pct(s.target)} '
+            "([consolidate] uptime_target of the config) is used.</p>"
         )
     parts.append("</section>")
     return "".join(parts)

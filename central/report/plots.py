@@ -307,20 +307,43 @@ def geohash_heatmap(cells: Sequence[Group], target: float) -> str:
         lat0, lat1 = min(b.lat_min for b in boxes), max(b.lat_max for b in boxes)
         lon0, lon1 = min(b.lon_min for b in boxes), max(b.lon_max for b in boxes)
         pad = max(lat1 - lat0, lon1 - lon0, 0.2) * 0.12
-        ax.set_xlim(lon0 - pad, lon1 + pad)
-        ax.set_ylim(lat0 - pad, lat1 + pad)
-        # Degrees of longitude shrink with latitude: keep cells square on screen.
-        ax.set_aspect(1 / max(math.cos(math.radians((lat0 + lat1) / 2)), 0.1))
-        # Name only the worst few cells: neighbouring labels would pile up.
-        for g, b in sorted(placed, key=lambda gb: (gb[0].uptime or 0.0, gb[0].key))[:3]:
+        # Limits as data extent, not fixed: the aspect below may then widen them.
+        ax.margins(0)
+        ax.update_datalim([(lon0 - pad, lat0 - pad), (lon1 + pad, lat1 + pad)])
+        ax.autoscale_view()
+        # Degrees of longitude shrink with latitude: keep cells square on screen, and let the
+        # map widen to fill the plot rather than leave it half empty.
+        ax.set_aspect(1 / max(math.cos(math.radians((lat0 + lat1) / 2)), 0.1), adjustable="datalim")
+        # A 5 km cell is a speck on a country-wide map: mark each one with a small square of
+        # its color too, worst drawn last so a bad cell is never hidden by a good neighbour.
+        cell_w = boxes[0].lon_max - boxes[0].lon_min
+        if cell_w < 0.03 * (lon1 - lon0 + 2 * pad):
+            order = sorted(range(len(placed)), key=lambda i: -values[i])
+            ax.scatter(
+                [boxes[i].center[1] for i in order],
+                [boxes[i].center[0] for i in order],
+                c=[values[i] for i in order],
+                cmap=cmap,
+                norm=norm,
+                s=42,
+                marker="s",
+                edgecolors="#333333",
+                linewidths=0.4,
+                zorder=4,
+            )
+        # Name only the worst few cells, each label pushed a different way so they don't pile.
+        offsets = [(12, 12), (12, -18), (-12, 14)]
+        worst = sorted(placed, key=lambda gb: (gb[0].uptime or 0.0, gb[0].key))[:3]
+        for (g, b), (dx, dy) in zip(worst, offsets, strict=False):
             lat, lon = b.center
             ax.annotate(
                 f"{g.key} {pct(g.uptime)}",
                 (lon, lat),
                 textcoords="offset points",
-                xytext=(8, 8),
+                xytext=(dx, dy),
+                ha="left" if dx > 0 else "right",
                 fontsize=7.5,
-                zorder=4,
+                zorder=5,
                 arrowprops={"arrowstyle": "-", "color": "#333333", "linewidth": 0.6},
                 bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "#bbbbbb", "lw": 0.5},
             )

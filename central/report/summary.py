@@ -200,13 +200,13 @@ def fleet_days(fleet_day: pa.Table) -> list[Day]:
     ]
 
 
-def target_of(fleet_day: pa.Table) -> tuple[float, bool]:
-    """The uptime target consolidation used (from ``fleet_day``), else the default."""
+def target_of(fleet_day: pa.Table, default: float = DEFAULT_TARGET) -> tuple[float, bool]:
+    """The uptime target consolidation used (from ``fleet_day``), else ``default``."""
     if "uptime_target" in fleet_day.column_names:
         values = [v for v in _col(fleet_day, "uptime_target") if v is not None]
         if values:
             return float(values[-1]), True
-    return DEFAULT_TARGET, False
+    return default, False
 
 
 def firmware_verdict(firmware: list[Group]) -> FirmwareVerdict | None:
@@ -386,9 +386,11 @@ def next_steps(s: Summary) -> list[str]:
     return out
 
 
-def summarize(gold: Gold, *, top_n: int = 15, sites_n: int = 3) -> Summary:
+def summarize(
+    gold: Gold, *, default_target: float = DEFAULT_TARGET, top_n: int = 15, sites_n: int = 3
+) -> Summary:
     """All figures of the report from the gold tables."""
-    target, from_gold = target_of(gold.fleet_day)
+    target, from_gold = target_of(gold.fleet_day, default_target)
     days = fleet_days(gold.fleet_day)
     firmware = rollup(gold.firmware_day, "firmware_version", UNKNOWN_FIRMWARE)
     sites = rollup(gold.site_day, "site", "(no site)")
