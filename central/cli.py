@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from .config import CentralConfig, load_config
 from .errors import CentralError, ConfigError
+from .consolidate.cli import register_consolidate, register_runs
 from .report.cli import register_report
 
 if TYPE_CHECKING:
@@ -150,6 +151,8 @@ def register_token(subs: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 REGISTRARS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     register_serve,
     register_token,
+    register_consolidate,
+    register_runs,
     register_report,
 ]
 

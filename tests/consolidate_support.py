@@ -394,3 +394,75 @@ def spark() -> Iterator[Any]:
         yield session
     finally:
         session.stop()
+
+
+# -- source files and config ---------------------------------------------------------------
+
+
+def write_avro(path: Path, table: pa.Table, avsc: Path, *, reference_lib: bool = False) -> Path:
+    """Write rows as Avro with fastavro, or with the reference Apache ``avro`` library."""
+    import json
+
+    schema_json = json.loads(avsc.read_text())
+    records = table.to_pylist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if reference_lib:
+        import avro.datafile
+        import avro.io
+        import avro.schema
+
+        schema = avro.schema.parse(json.dumps(schema_json))
+        with open(path, "wb") as fh:
+            writer = avro.datafile.DataFileWriter(fh, avro.io.DatumWriter(), schema)
+            for r in records:
+                writer.append(r)
+            writer.close()
+    else:
+        import fastavro
+
+        with open(path, "wb") as fh:
+            fastavro.writer(fh, fastavro.parse_schema(schema_json), records)
+    return path
+
+
+def write_registry_csv(path: Path, registry: pa.Table) -> Path:
+    """The registry as CSV with RFC 3339 UTC times and empty cells for nulls."""
+    import csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(registry.column_names)
+        for r in registry.to_pylist():
+            w.writerow(
+                [
+                    "" if v is None else v.isoformat() if isinstance(v, datetime) else v
+                    for v in r.values()
+                ]
+            )
+    return path
+
+
+def write_sources(root: Path, fleet: Fleet) -> dict[str, Path]:
+    """Registry CSV, firmware Avro (a folder of two files) and alerts Avro for a fleet."""
+    from schemas.avro import ALERTS_AVSC, FIRMWARE_AVSC
+
+    fw = fleet.firmware
+    half = fw.num_rows // 2
+    write_avro(root / "firmware" / "part-1.avro", fw.slice(0, half), FIRMWARE_AVSC)
+    write_avro(root / "firmware" / "part-2.avro", fw.slice(half), FIRMWARE_AVSC)
+    return {
+        "registry": write_registry_csv(root / "registry.csv", fleet.registry),
+        "firmware": root / "firmware",
+        "alerts": write_avro(root / "alerts.avro", fleet.alerts, ALERTS_AVSC),
+    }
+
+
+def write_config(root: Path, data_dir: Path, sources: dict[str, Path], **extra: str) -> Path:
+    """A central.toml pointing at ``data_dir`` and the source files."""
+    lines = [f'data_dir = "{data_dir}"', "", "[sources]"]
+    lines += [f'{k} = "{v}"' for k, v in sources.items()]
+    lines += ["", "[consolidate]", *(f"{k} = {v}" for k, v in extra.items())]
+    path = root / "central.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path

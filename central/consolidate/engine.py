@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -24,6 +25,14 @@ from .errors import EngineError
 log = logging.getLogger(__name__)
 
 EngineName = Literal["duckdb", "spark"]
+
+# Warnings the libraries raise about each other, not about our use of them: Ibis 12 still
+# calls DuckDB 1.x names that DuckDB 2 deprecates, and PySpark's Arrow bridge warns about
+# pandas internals. Silenced only around engine calls.
+_KNOWN_WARNINGS = (
+    r".*fetch_arrow_table\(\) is deprecated",
+    r".*fetch_record_batch\(\) is deprecated",
+)
 ENGINES: tuple[str, ...] = ("duckdb", "spark")
 
 # Settings every session gets; user conf may add to them but not change the time zone.
@@ -120,7 +129,10 @@ class Engine:
     def errors(self, what: str) -> Iterator[None]:
         """Turn the engine's exceptions into EngineError naming the engine and the step."""
         try:
-            yield
+            with warnings.catch_warnings():
+                for pattern in _KNOWN_WARNINGS:
+                    warnings.filterwarnings("ignore", message=pattern)
+                yield
         except EngineError:
             raise
         except Exception as exc:

@@ -107,11 +107,14 @@ def publish(
         exists = DeltaTable.is_deltatable(str(path))
         predicate: str | None = None
         if exists and not full:
-            predicate = (
-                batch_predicate(new_batches) if name == "quarantine" else day_predicate(days)
-            )
-            if name == "quarantine" and not new_batches:
-                continue
+            if name == "quarantine":
+                if not new_batches:
+                    continue
+                predicate = batch_predicate(new_batches)
+            else:
+                if not days:
+                    continue
+                predicate = day_predicate(days)
         try:
             write_deltalake(
                 str(path),
