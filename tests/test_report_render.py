@@ -297,3 +297,22 @@ def test_target_from_config_when_gold_has_none(tmp_path: Path) -> None:
     text = text_of(out.read_text())
     assert "(target 95.0%)" in text
     assert "carry no uptime target; 95.0% ([consolidate] uptime_target" in text
+
+
+def test_every_flag_is_documented() -> None:
+    import argparse
+
+    from fleetpulse.cli import build_parser
+
+    def sub(p: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+        action = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+        chosen: argparse.ArgumentParser = action.choices[name]
+        return chosen
+
+    report = sub(sub(build_parser(["central"]), "central"), "report")
+    flags = [s for a in report._actions for s in a.option_strings if s.startswith("--")]
+    doc = (Path(__file__).parent.parent / "docs" / "report.md").read_text()
+    assert len(flags) >= 6
+    for flag in flags:
+        if flag != "--help":
+            assert f"`{flag}" in doc, f"{flag} is not in docs/report.md"

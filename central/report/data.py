@@ -188,10 +188,16 @@ def load_gold(gold_dir: Path, since: date | None = None, until: date | None = No
             continue
         versions.append(version)
     if tables["device_day"].num_rows == 0:
-        span = "" if since is None and until is None else f" between {since} and {until}"
+        if since is None and until is None:
+            raise GoldMissing(
+                f"gold table device_day at {gold_dir} has no rows: upload batches and "
+                f"{CONSOLIDATE_FIRST}"
+            )
+        span = " ".join(
+            p for p in (f"from {since}" if since else "", f"until {until}" if until else "") if p
+        )
         raise GoldMissing(
-            f"gold table device_day at {gold_dir} has no rows{span}: upload batches and "
-            f"{CONSOLIDATE_FIRST}" + ("" if not span else ", or widen --since/--until")
+            f"gold table device_day at {gold_dir} has no rows {span}: widen --since/--until"
         )
     return Gold(
         **tables,

@@ -272,20 +272,34 @@ def site_without_firmware(
 
 def top_devices(device_day: pa.Table, n: int) -> tuple[list[DeviceDown], int]:
     """The ``n`` devices with the most downtime, and how many devices there are."""
-    acc: dict[str, list[Any]] = {}
-    for row in device_day.sort_by([("day", "ascending")]).to_pylist():
-        a = acc.setdefault(row["device_id"], [row["site"], None, 0.0, 0.0, 0])
-        a[0] = row["site"]
-        a[1] = row["firmware_version"]  # the latest day's version
-        a[2] += row["up_s"] or 0.0
-        a[3] += row["down_s"] or 0.0
-        a[4] += row["alert_count"] or 0
-    devices = [
-        DeviceDown(d, a[0] or "", a[1] or UNKNOWN_FIRMWARE, a[2], a[3], a[4])
-        for d, a in acc.items()
-    ]
-    devices.sort(key=lambda x: (-x.down_s, x.device_id))
-    return [d for d in devices[:n] if d.down_s > 0], len(acc)
+    # Grouped in Arrow: a year of a large fleet is millions of device-days.
+    g = device_day.group_by("device_id").aggregate(
+        [("up_s", "sum"), ("down_s", "sum"), ("alert_count", "sum")]
+    )
+    top = g.sort_by([("down_s_sum", "descending"), ("device_id", "ascending")]).slice(0, n)
+    # site and firmware as of each top device's latest day (only their rows are read)
+    mine = device_day.filter(pc.is_in(device_day["device_id"], value_set=top["device_id"]))
+    latest: dict[str, tuple[str | None, str | None]] = {}
+    for row in (
+        mine.sort_by([("day", "ascending")])
+        .select(["device_id", "site", "firmware_version"])
+        .to_pylist()
+    ):
+        latest[row["device_id"]] = (row["site"], row["firmware_version"])
+    devices = []
+    for row in top.to_pylist():
+        site, fw = latest[row["device_id"]]
+        devices.append(
+            DeviceDown(
+                row["device_id"],
+                site or "",
+                fw or UNKNOWN_FIRMWARE,
+                row["up_s_sum"] or 0.0,
+                row["down_s_sum"] or 0.0,
+                row["alert_count_sum"] or 0,
+            )
+        )
+    return [d for d in devices if d.down_s > 0], g.num_rows
 
 
 def lossy_devices(device_day: pa.Table, target: float) -> list[str]:
@@ -299,18 +313,18 @@ def lossy_devices(device_day: pa.Table, target: float) -> list[str]:
     return sorted(set(_col(t, "device_id")))
 
 
-def correlation(xs: list[float], ys: list[float]) -> float | None:
-    """Pearson's r; None with fewer than 3 points or a constant side."""
-    n = len(xs)
-    if n < 3:
+def correlation(xs: pa.ChunkedArray, ys: pa.ChunkedArray) -> float | None:
+    """Pearson's r over the rows where both are set; None with < 3 points or a constant side."""
+    both = pc.and_(pc.is_valid(xs), pc.is_valid(ys))
+    x = pc.filter(xs, both).to_numpy().astype(float)
+    y = pc.filter(ys, both).to_numpy().astype(float)
+    if len(x) < 3:
         return None
-    mx, my = sum(xs) / n, sum(ys) / n
-    sxx = sum((x - mx) ** 2 for x in xs)
-    syy = sum((y - my) ** 2 for y in ys)
+    x, y = x - x.mean(), y - y.mean()
+    sxx, syy = float((x * x).sum()), float((y * y).sum())
     if sxx <= 0 or syy <= 0:
         return None
-    sxy = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True))
-    return sxy / math.sqrt(sxx * syy)
+    return float((x * y).sum()) / math.sqrt(sxx * syy)
 
 
 def quarantine_reasons(quarantine: pa.Table | None) -> dict[str, int]:
@@ -413,12 +427,10 @@ def summarize(
     ]
     top, n_devices = top_devices(gold.device_day, top_n)
     dd = gold.device_day
-    alerts = [float(a or 0) for a in _col(dd, "alert_count")]
-    downs = [float(d or 0.0) for d in _col(dd, "down_s")]
-    day_values = _col(dd, "day")
+    span = pc.min_max(dd["day"])
     summary = Summary(
-        first_day=min(day_values),
-        last_day=max(day_values),
+        first_day=span["min"].as_py(),
+        last_day=span["max"].as_py(),
         target=target,
         target_from_gold=from_gold,
         days=days,
@@ -431,7 +443,7 @@ def summarize(
         top_devices=top,
         device_count=n_devices,
         lossy_devices=lossy_devices(dd, target),
-        alert_down_correlation=correlation(alerts, downs),
+        alert_down_correlation=correlation(dd["alert_count"], dd["down_s"]),
         quarantine=quarantine_reasons(gold.quarantine),
     )
     summary.next_steps = next_steps(summary)
