@@ -21,7 +21,8 @@ from schemas.topics import topic_for
 from .fleet import DeviceSpec, Segment
 from .scenario import Scenario, Site
 
-PUBLISH, WILL, DROP = 0, 1, 2
+# LAST_WILL: a will after which the device stays silent to the end (its final status)
+PUBLISH, WILL, DROP, LAST_WILL = 0, 1, 2, 3
 # The crash event goes out this long before the crash, so an LWT at the crash instant is
 # the device's last word (an event at the same ms could sort after it and restart up-time).
 CRASH_EVENT_LEAD_MS = 500
@@ -110,10 +111,10 @@ class _Device:
             ms, self.spec.index, self.n, action, topic, _dumps(body), kind == "status", label
         )
 
-    def status(self, ms: int, state: str, reason: str, label: str, will: bool = False) -> Msg:
+    def status(self, ms: int, state: str, reason: str, label: str, action: int = PUBLISH) -> Msg:
         body: dict[str, object] = {"device_id": self.spec.device_id, "ts": self.ts(ms)}
         body |= {"state": state, "reason": reason}
-        return self.msg(ms, WILL if will else PUBLISH, "status", body, label)
+        return self.msg(ms, action, "status", body, label)
 
     def event(self, ms: int, etype: str, detail: dict[str, object]) -> Iterator[Msg]:
         body: dict[str, object] = {"device_id": self.spec.device_id, "ts": self.ts(ms)}
@@ -244,7 +245,8 @@ def device_messages(
                 b - CRASH_EVENT_LEAD_MS, "crash", {"fault": fault, "fw": seg.firmware}
             )
         if dev.rng.random() < lwt_share:
-            yield dev.status(b, "offline", "lwt", "status.lwt", will=True)
+            last = i + 2 == len(segments)
+            yield dev.status(b, "offline", "lwt", "status.lwt", LAST_WILL if last else WILL)
 
 
 def fleet_messages(
@@ -270,6 +272,7 @@ def estimated_messages(specs: list[DeviceSpec], scenario: Scenario) -> int:
 
 __all__ = [
     "DROP",
+    "LAST_WILL",
     "MALFORMED_KINDS",
     "PUBLISH",
     "WILL",

@@ -74,6 +74,9 @@ def parse_broker_url(url: str) -> BrokerAddress:
 class Transport(Protocol):
     """What the publisher needs from an MQTT client."""
 
+    published: int  # messages handed over so far
+    acked: int  # of those, acknowledged by the broker (in order)
+
     def connect(self) -> None: ...
     def publish(self, topic: str, payload: bytes, retain: bool) -> None: ...
     def idle(self, seconds: float) -> None: ...
@@ -103,6 +106,8 @@ class PahoClient:
         self._last_progress = time.monotonic()
         self._connected = False
         self._refused: str | None = None
+        self.published = 0
+        self.acked = 0
         self._client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=client_id,
@@ -131,6 +136,7 @@ class PahoClient:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self._unacked -= 1
+        self.acked += 1
         self._last_progress = time.monotonic()
 
     def connect(self, timeout_s: float = 10.0) -> None:
@@ -184,6 +190,7 @@ class PahoClient:
         if self._unacked == 0:
             self._last_progress = time.monotonic()
         self._unacked += 1
+        self.published += 1
         info = self._client.publish(topic, payload, qos=1, retain=retain)
         # NO_CONN: paho keeps QoS 1 messages and sends them when it has reconnected
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
@@ -253,26 +260,51 @@ class Publisher:
         pending = self._pending_will.pop(device_id, None)
         if pending is not None:
             # the device's previous life must have ended (its will sent) before it speaks again
-            pending.result()
+            self._wait(pending)
         if retain:
             self._last_will.pop(device_id, None)
         self.transport.publish(topic, payload, retain)
 
-    def will(self, topic: str, payload: bytes, device_id: str, client_id: str) -> None:
-        """Have the broker publish ``payload`` as the will of a connection that dies."""
+    def will(
+        self, topic: str, payload: bytes, device_id: str, client_id: str, last: bool = False
+    ) -> None:
+        """Have the broker publish ``payload`` as the will of a connection that dies.
+
+        A ``last`` will (the device stays down to the end) must not overtake the device's
+        earlier messages still in the pipeline, or the broker would keep a stale retained
+        ``online``: its connection waits until everything published so far is acknowledged.
+        Other wills do not wait (that would stall the pipeline at every crash); one may reach
+        the broker before the device's preceding messages, which changes nothing for a
+        consumer that orders by event time, and the device's next ``online`` fixes the
+        retained status.
+        """
         previous = self._pending_will.pop(device_id, None)
         if previous is not None:
-            previous.result()
+            self._wait(previous)
+        after = self.transport.published if last else 0
         self._pending_will[device_id] = self._wills.submit(
-            self._send_will, client_id, topic, payload
+            self._send_will, client_id, topic, payload, after
         )
         self._last_will[device_id] = (topic, payload)
         self.wills_sent += 1
 
-    def _send_will(self, client_id: str, topic: str, payload: bytes) -> None:
+    def _wait(self, fut: Future[None]) -> None:
+        # keep reading PUBACKs meanwhile: the will's thread waits for them
+        while not fut.done():
+            self.transport.idle(0.002)
+        fut.result()
+
+    def _send_will(self, client_id: str, topic: str, payload: bytes, after: int) -> None:
+        deadline = time.monotonic() + self.ack_timeout_s
+        while self.transport.acked < after:
+            if time.monotonic() > deadline:
+                raise BrokerError(
+                    f"the broker at {self.addr.url} did not acknowledge the messages before "
+                    f"a will within {self.ack_timeout_s:g} s"
+                )
+            time.sleep(0.001)
         # a broker restart must not lose a crash: retry connecting like the main connection
         a, delay = self.addr, 0.2
-        deadline = time.monotonic() + self.ack_timeout_s
         while True:
             try:
                 send_will(a.host, a.port, client_id, topic, payload, a.username, a.password)
@@ -288,10 +320,10 @@ class Publisher:
 
     def flush(self) -> None:
         """Wait until every will went out and every message was acknowledged."""
+        self.transport.flush()
         for fut in list(self._pending_will.values()):
             fut.result()
         self._pending_will.clear()
-        self.transport.flush()
         if self._last_will:
             # a will is published when the broker gets round to the reset socket; make sure
             # it has before saying "done", or a consumer flushed right after could miss it

@@ -23,7 +23,7 @@ from . import outputs
 from .alerts import firmware_installs, fleet_alerts
 from .errors import ScenarioError
 from .fleet import DeviceSpec, Segment, plan_fleet, timeline
-from .messages import DROP, WILL, Msg, estimated_messages, fleet_messages, kind_of
+from .messages import DROP, LAST_WILL, WILL, Msg, estimated_messages, fleet_messages, kind_of
 from .publish import CLIENTS, Publisher, pace, parse_broker_url
 from .scenario import Scenario, load_scenario
 from .truth import device_days, overall_by, rollup
@@ -301,8 +301,9 @@ def publish_plan(
             if publisher is not None:
                 wait(m.ms)
                 dev = ids[m.device]
-                if m.action == WILL:
-                    publisher.will(m.topic, m.payload, dev, f"fpsim-lwt-{os.getpid()}-{dev}-{m.n}")
+                if m.action in (WILL, LAST_WILL):
+                    client_id = f"fpsim-lwt-{os.getpid()}-{dev}-{m.n}"
+                    publisher.will(m.topic, m.payload, dev, client_id, last=m.action == LAST_WILL)
                 else:
                     publisher.publish(m.topic, m.payload, m.retain, dev)
             if progress is not None and done % 512 == 0:
