@@ -160,6 +160,10 @@ class WireClient:
         self._next_mid = 1
         self._last_send = self._last_ack = time.monotonic()
         self.reconnects = 0
+        # the broker acks QoS 1 in the order it received (MQTT 3.1.1 §4.6), so "acked >= n"
+        # means the first n messages have reached it
+        self.published = 0
+        self.acked = 0
 
     def connect(self) -> None:
         self._sock = _open(self.host, self.port, self._connect, self.url)
@@ -179,6 +183,7 @@ class WireClient:
             self._wait_acks(self.max_inflight // 2)
         mid = self._mid()
         self._inflight[mid] = (topic, payload, retain)
+        self.published += 1
         self._out += publish_packet(topic, payload, mid, retain)
         if len(self._out) >= WRITE_CHUNK:
             self._send_out()
@@ -242,6 +247,7 @@ class WireClient:
                 mid = (buf[i] << 8) | buf[i + 1]
                 if self._inflight.pop(mid, None) is not None:
                     self._last_ack = time.monotonic()
+                    self.acked += 1
             elif kind != PINGRESP:
                 raise BrokerError(f"unexpected MQTT packet type 0x{head:02x} from {self.url}")
             pos = i + length
