@@ -138,3 +138,22 @@ def test_truth_files_and_summary(plan: Plan) -> None:
     assert doc["messages"] is None  # filled in by publishing
     start = datetime.fromisoformat(doc["start"])
     assert start == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_cli_dry_run_writes_everything_and_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleetpulse.cli import main
+
+    out = tmp_path / "dry"
+    args = ["sim", "--dry-run", "--devices", "6", "--days", "1", "--seed", "4"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    for name in ("registry.csv", "firmware_versions.avro", "alerts.avro"):
+        assert (out / name).stat().st_size > 0
+    for name in ("device_day", "fleet_day", "firmware_day", "site_day"):
+        assert (out / "truth" / f"{name}.parquet").exists()
+    doc = json.loads((out / "truth" / "scenario.json").read_text())
+    assert doc["run"]["broker"] is None and doc["messages"]["published"] > 6 * 1000
+    assert 1000 < doc["messages"]["per_device_day"] < 9000
+    stdout = capsys.readouterr().out
+    assert "counted (dry run)" in stdout and "per device-day" in stdout
