@@ -215,8 +215,10 @@ def write_gold(gold_dir: Path, tables: dict[str, pa.Table], skip: tuple[str, ...
 
 def text_of(html: str) -> str:
     """The page's text outside the SVGs, tags removed (for reading sentences)."""
+    import html as html_lib
+
     body = re.sub(r"<svg.*?</svg>", " ", html, flags=re.S)
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body))
+    return html_lib.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", body)))
 
 
 def uptime(rows: list[dict[str, Any]]) -> float:
@@ -238,11 +240,37 @@ def rows_positive(value: list[dict[str, Any]]) -> list[bool]:
     return [r["rows"] > 0 for r in value]
 
 
-def write_run_record(runs_dir: Path, run_id: str, batches: list[str]) -> Path:
-    """Run a tiny real pipeline with a gate, writing its record as consolidation does."""
+def write_run_record(
+    runs_dir: Path, run_id: str, batches: list[str], status: str = "ok", message: str = ""
+) -> Path:
+    """A run record in consolidation's envelope around the record of a tiny real pipeline
+    with a gate (tests/test_report_e2e.py reads the one consolidation itself writes)."""
+    import json
+
     p = Pipeline([device_day_rows], gates=[rows_positive], name="consolidate")
-    p.run({"batches": batches}, record_dir=str(runs_dir), run_id=run_id)
-    return runs_dir / f"{run_id}.json"
+    dag = p.run({"batches": batches}, run_id=run_id).record.to_dict()
+    record = {
+        "run_id": run_id,
+        "started_at": dag["started_at"],
+        "engine": "duckdb",
+        "status": status,
+        "inputs": {
+            "sources": {"registry": {"path": "/src/registry.csv", "sha256": "ab" * 32}},
+            "new_batches": [
+                {"batch_id": b, "gateway_id": b.rsplit("-", 1)[0], "sha256": "cd" * 32, "rows": 10}
+                for b in batches
+            ],
+        },
+        "plan": {"mode": "full", "days": [d.isoformat() for d in DAYS]},
+        "pipeline": dag,
+        "published": [{"table": "device_day", "version": 0, "rows": 72, "predicate": None}],
+        "message": message or f"consolidated {len(batches)} new batch(es) (full)",
+        "duration_s": 1.25,
+    }
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    path = runs_dir / f"{run_id}.json"
+    path.write_text(json.dumps(record, indent=2, default=str))
+    return path
 
 
 # -- headless Chromium ---------------------------------------------------------------------

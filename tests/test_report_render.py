@@ -3,7 +3,6 @@ self-containment, and the errors a person meets first."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from pathlib import Path
@@ -148,13 +147,16 @@ def test_svg_ids_are_unique_and_resolve(report: str) -> None:
     assert refs and refs <= set(ids)
 
 
-def test_lineage_of_the_run(report: str, fleet_dir: Path) -> None:
+def test_lineage_of_the_run(report: str) -> None:
     text = text_of(report)
-    assert "Run run-0001 of consolidate : ok" in text
-    assert "device_day_rows" in text  # the step, with its rows out
-    assert "rows_positive" in text and "passed" in text  # the gate
-    record = json.loads((fleet_dir / "runs" / "run-0001.json").read_text())
-    assert record["steps"][0]["output"]["rows"] == 2
+    assert "The tables come from run run-0001 of consolidate : ok" in text
+    assert "duckdb full, days 2026-01-01 to 2026-01-03" in text
+    assert "consolidated 2 new batch(es) (full)" in text
+    assert "device_day_rows ok 2 2" in text  # the step: status, rows out, columns
+    assert "rows_positive device_day_rows passed 2 0" in text  # the gate: checked, failed
+    assert "gw-north-000001 gw-north 10" in text and "gw-west-000002 gw-west 10" in text
+    assert "registry /src/registry.csv abababababababab" in text  # source file and digest
+    assert "device_day 0 72 whole table" in text  # published
     for table in ("device_day", "fleet_day", "firmware_day", "site_day", "geo_day"):
         assert re.search(rf"<td>{table}</td><td class=\"n\">0</td>", report), table
 
@@ -201,7 +203,7 @@ def test_extra_columns_and_no_optional_tables_still_render(tmp_path: Path) -> No
     html = build_report(tmp_path / "gold", tmp_path / "runs")
     assert html.count("<svg") == len(PLOT_TITLES)
     text = text_of(html)
-    assert "No run record was found" in text
+    assert "No successful run record was found" in text
     assert "without 2.4.0" not in text  # needs device_firmware_day: not claimed without it
     assert "quarantined" not in text
 
@@ -209,18 +211,35 @@ def test_extra_columns_and_no_optional_tables_still_render(tmp_path: Path) -> No
 def test_newer_failed_run_is_called_out(tmp_path: Path) -> None:
     write_gold(tmp_path / "gold", gold_tables(fleet_rows()))
     runs = tmp_path / "runs"
-    ok = write_run_record(runs, "run-0001", ["gw-north-000001"])
-    failed = write_run_record(runs, "run-0002", ["gw-north-000002"])
-    record = json.loads(failed.read_text())
-    record["status"] = "failed"
-    record["gates"][0].update(passed=False, failed_rows=3)
-    failed.write_text(json.dumps(record))
-    os.utime(ok, ns=(1_000_000_000, 1_000_000_000))  # older than run-0002
+    paths = [
+        write_run_record(runs, "run-0001", ["gw-north-000001"]),
+        write_run_record(
+            runs,
+            "run-0002",
+            ["gw-north-000002"],
+            "gate_failed",
+            "validation gates failed, nothing was published: gate 'x' rejected 3",
+        ),
+        write_run_record(runs, "run-0003", [], "nothing_new", "nothing new since the last run"),
+    ]
+    for i, path in enumerate(paths):  # oldest first, whatever the file system's resolution
+        os.utime(path, ns=(10**18 + i * 10**9, 10**18 + i * 10**9))
     (runs / "broken.json").write_text("{not json")
+    os.utime(runs / "broken.json", ns=(10**18 - 10**9, 10**18 - 10**9))
     text = text_of(build_report(tmp_path / "gold", runs))
-    assert "Run run-0001 of consolidate" in text
+    assert "The tables come from run run-0001" in text
     assert "A newer run published nothing: run-0002" in text
-    assert "gate rows_positive on device_day_rows rejected 3 rows" in text
+    assert "gate 'x' rejected 3" in text
+    assert "run-0003" in text and "nothing_new" in text  # in the history, not called a failure
+    assert "A newer run published nothing: run-0003" not in text
+
+
+def test_no_successful_run(tmp_path: Path) -> None:
+    write_gold(tmp_path / "gold", gold_tables(fleet_rows()))
+    write_run_record(tmp_path / "runs", "run-0001", ["b-000001"], "failed", "engine broke")
+    text = text_of(build_report(tmp_path / "gold", tmp_path / "runs"))
+    assert "No successful run record was found" in text
+    assert "A newer run published nothing: run-0001" in text and "engine broke" in text
 
 
 def test_since_until(tmp_path: Path, fleet_dir: Path) -> None:

@@ -12,7 +12,7 @@ from . import plots as P
 from .data import Gold, RunInfo, latest_run, load_gold
 from .errors import ReportWriteError
 from .html import Meta, Plot, render
-from .lineage import failure_of, lineage
+from .lineage import failure_of, history_row, lineage
 from .summary import DEFAULT_TARGET, UNKNOWN_FIRMWARE, Summary, firmware_series, pct, summarize
 
 log = logging.getLogger(__name__)
@@ -99,13 +99,15 @@ def build_report(
         generated_at=(now or datetime.now(UTC)).isoformat(timespec="seconds"),
         gold_dir=str(gold_dir),
         versions=gold.versions,
-        run_path=str(run.path) if run else None,
+        run_path=str(run.path) if run and run.path else None,
         newer_failed=[
             f"{r.get('run_id', '?')} ({r.get('started_at', '?')}): {failure_of(r)}"
             for r in (run.newer_failed if run else [])
         ],
+        history=[history_row(r) for r in (run.recent if run else [])],
     )
-    return render(s, make_plots(gold, s), lineage(run.record) if run else None, meta)
+    lin = lineage(run.record) if run and run.record is not None else None
+    return render(s, make_plots(gold, s), lin, meta)
 
 
 def write_report(path: Path, text: str) -> None:

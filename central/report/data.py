@@ -55,6 +55,17 @@ OPTIONAL_TABLES: dict[str, dict[str, pa.DataType]] = {
     },
     "quarantine": {"day": D, "source": S, "reason": S},
 }
+# Row order of each table once read: a partitioned Delta table comes back in file order, which
+# varies, and the same tables must give the same report.
+ORDER: dict[str, list[str]] = {
+    "device_day": ["day", "device_id"],
+    "fleet_day": ["day"],
+    "firmware_day": ["day", "firmware_version"],
+    "site_day": ["day", "site"],
+    "geo_day": ["day", "geohash5"],
+    "device_firmware_day": ["day", "device_id", "firmware_version"],
+    "quarantine": ["day", "source", "reason"],
+}
 # Run records read (newest first) while looking for the one that published the tables.
 MAX_RUN_RECORDS = 50
 
@@ -85,11 +96,13 @@ class Gold:
 
 @dataclass(frozen=True)
 class RunInfo:
-    """The run record behind the tables, and newer runs that published nothing."""
+    """The run record behind the tables, the runs after it that published nothing because
+    they failed, and the newest records (newest first) for the run history."""
 
-    path: Path
-    record: dict[str, Any]
+    path: Path | None
+    record: dict[str, Any] | None
     newer_failed: list[dict[str, Any]] = field(default_factory=list)
+    recent: list[dict[str, Any]] = field(default_factory=list)
 
 
 def gold_dir_of(data_dir: Path) -> Path:
@@ -135,6 +148,7 @@ def _conform(
             f"{CONSOLIDATE_FIRST} with this version"
         )
     wanted = {**required, **{c: t for c, t in optional.items() if c in table.column_names}}
+    table = table.sort_by([(c, "ascending") for c in ORDER[name]])
     arrays = []
     for col, typ in wanted.items():
         try:
@@ -219,11 +233,20 @@ def _read_record(path: Path) -> dict[str, Any] | None:
     return record
 
 
-def latest_run(runs_dir: Path) -> RunInfo | None:
-    """The newest successful run record (a failed run publishes nothing), or None.
+# Statuses of runs that wrote gold tables, and of runs that tried and failed (consolidation's
+# runner also writes "nothing_new": a run that had nothing to do, neither).
+PUBLISHED = frozenset({"ok"})
+FAILED = frozenset({"failed", "gate_failed", "running"})
+RECENT_RUNS = 10
 
-    Runs newer than it that failed are returned alongside: the reader should know that the
-    tables are older than the last attempt.
+
+def latest_run(runs_dir: Path) -> RunInfo | None:
+    """The newest run record that published (a failed run publishes nothing), or None when
+    there is no record at all.
+
+    Failed runs newer than it are returned alongside: the reader should know that the tables
+    are older than the last attempt. ``running`` counts as failed: a finished run rewrites its
+    record, so a newer one still running either crashed or is running right now.
     """
     if not runs_dir.is_dir():
         return None
@@ -233,11 +256,30 @@ def latest_run(runs_dir: Path) -> RunInfo | None:
         reverse=True,
     )
     newer_failed: list[dict[str, Any]] = []
+    recent: list[dict[str, Any]] = []
     for path in paths[:MAX_RUN_RECORDS]:
         record = _read_record(path)
         if record is None:
             continue
-        if record.get("status") == "ok":
-            return RunInfo(path, record, newer_failed)
-        newer_failed.append(record)
-    return None
+        if len(recent) < RECENT_RUNS:
+            recent.append(record)
+        status = record.get("status")
+        if status in PUBLISHED:
+            return RunInfo(path, record, newer_failed, recent + _more(paths, path, recent))
+        if status in FAILED:
+            newer_failed.append(record)
+    if not recent:
+        return None
+    return RunInfo(None, None, newer_failed, recent)
+
+
+def _more(paths: list[Path], found: Path, recent: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Fill the history up to RECENT_RUNS with the records older than the one found.
+    out: list[dict[str, Any]] = []
+    for path in paths[paths.index(found) + 1 :]:
+        if len(recent) + len(out) >= RECENT_RUNS:
+            break
+        record = _read_record(path)
+        if record is not None:
+            out.append(record)
+    return out

@@ -8,7 +8,7 @@ from html import escape
 
 from .data import TableVersion
 from .lineage import Lineage
-from .summary import Summary, hours, notable, pct
+from .summary import Summary, hours, notable, pct, pct_vs
 
 CSS = """
 *{box-sizing:border-box}
@@ -66,6 +66,7 @@ class Meta:
     versions: Sequence[TableVersion]
     run_path: str | None
     newer_failed: Sequence[str]
+    history: Sequence[Sequence[object]] = ()
 
 
 def e(value: object) -> str:
@@ -103,7 +104,7 @@ def _tiles(s: Summary, limit: int = 14) -> str:
             meeting = f" · {d.meeting_target}/{d.with_uptime} at target"
         out.append(
             f'<div class="tile {_cls(d.uptime, s.target)}"><div class="d">{e(_day(d.day))}</div>'
-            f'<div class="v">{e(pct(d.uptime))}</div>'
+            f'<div class="v">{e(pct_vs(d.uptime, s.target))}</div>'
             f'<div class="d">{d.devices} devices{e(meeting)}</div></div>'
         )
     return '<div class="tiles">' + "".join(out) + "</div>"
@@ -219,82 +220,118 @@ def _num(v: float | None, fmt: str = "{:,.3f}") -> str:
     return "" if v is None else fmt.format(v)
 
 
+def _run_header(lin: Lineage, meta: Meta) -> str:
+    status_cls = "ok" if lin.status == "ok" else "failed"
+    what = " ".join(x for x in (lin.engine, lin.mode) if x)
+    days = f"days {lin.days[0]} to {lin.days[-1]}" if lin.days else ""
+    facts = ", ".join(
+        x
+        for x in (
+            f"started {lin.started_at}" if lin.started_at else "",
+            f"{_num(lin.duration_s, '{:,.2f}')} s" if lin.duration_s is not None else "",
+            what,
+            days,
+        )
+        if x
+    )
+    return (
+        f"<p>The tables come from run <b>{e(lin.run_id)}</b>"
+        + (f" of <b>{e(lin.pipeline)}</b>" if lin.pipeline else "")
+        + f': <span class="{status_cls}">{e(lin.status)}</span>, {e(facts)}.'
+        + (f" {e(lin.message)}" if lin.message else "")
+        + f' <span class="note">Record: {e(meta.run_path or "")}</span></p>'
+    )
+
+
+def _steps_and_gates(lin: Lineage) -> str:
+    steps = table(
+        ["step", "status", "rows out", "columns", "seconds", "cache"],
+        [
+            (
+                st.name + (f" \N{EM DASH} {st.note}" if st.note else ""),
+                st.status,
+                st.rows,
+                st.columns,
+                _num(st.duration_s),
+                st.cache,
+            )
+            for st in lin.steps
+        ],
+        {2, 3, 4},
+    )
+    gates = (
+        table(
+            ["gate", "on", "result", "checked", "failed", "detail"],
+            [
+                (
+                    g.name,
+                    g.on,
+                    "passed" if g.passed else "FAILED",
+                    g.checked_rows,
+                    g.failed_rows,
+                    g.detail,
+                )
+                for g in lin.gates
+            ],
+            {3, 4},
+        )
+        if lin.gates
+        else '<p class="note">The record lists no gates.</p>'
+    )
+    parts = [f'<div class="grid"><div><h3>Steps</h3>{steps}</div><div>']
+    parts.append(f"<h3>Validation gates</h3>{gates}")
+    if lin.published:
+        parts.append("<h3>Published</h3>")
+        parts.append(table(["table", "Delta version", "rows", "overwrote"], lin.published, {1, 2}))
+    if lin.sources:
+        parts.append("<h3>Source files</h3>")
+        parts.append(
+            table(["source", "path", "sha256"], [(n, p, h[:16]) for n, p, h in lin.sources], set())
+        )
+    parts.append("<h3>Step inputs</h3>")
+    parts.append(table(["input", "rows", "columns"], lin.inputs, {1, 2}))
+    parts.append("<h3>Input batches</h3>")
+    if lin.batches_total is None:
+        parts.append('<p class="note">The record does not list its input batches.</p>')
+    else:
+        parts.append(
+            table(
+                ["batch", "gateway", "rows", "detail"],
+                [(b.batch_id, b.gateway_id, b.rows, b.detail) for b in lin.batches],
+                {2},
+            )
+        )
+        if lin.batches_total > len(lin.batches):
+            parts.append(
+                f'<p class="note">{lin.batches_total - len(lin.batches)} more batches '
+                f"({lin.batches_total} in all).</p>"
+            )
+    parts.append("</div></div>")
+    return "".join(parts)
+
+
 def _lineage(lin: Lineage | None, meta: Meta) -> str:
     parts = ['<section class="lineage"><h2>Lineage</h2>']
     if lin is None:
         parts.append(
-            '<p class="note">No run record was found, so the steps behind these tables cannot be '
-            "shown (records live in the runs folder next to gold).</p>"
+            '<p class="note">No successful run record was found, so the steps behind these '
+            "tables cannot be shown (records live in the runs folder next to gold).</p>"
         )
     else:
-        status_cls = "ok" if lin.status == "ok" else "failed"
-        parts.append(
-            f"<p>Run <b>{e(lin.run_id)}</b> of <b>{e(lin.pipeline)}</b>: "
-            f'<span class="{status_cls}">{e(lin.status)}</span>, started {e(lin.started_at)}, '
-            f"finished {e(lin.finished_at)}, {e(_num(lin.duration_s, '{:,.2f}'))} s. "
-            f'<span class="note">Record: {e(meta.run_path or "")}</span></p>'
-        )
+        parts.append(_run_header(lin, meta))
     for line in meta.newer_failed:
         parts.append(f'<p class="failed">A newer run published nothing: {e(line)}</p>')
     if lin is not None:
-        parts.append('<div class="grid"><div><h3>Steps</h3>')
+        parts.append(_steps_and_gates(lin))
+    if meta.history:
+        parts.append("<h3>Recent runs</h3>")
         parts.append(
             table(
-                ["step", "status", "rows out", "columns", "seconds", "cache"],
-                [
-                    (
-                        st.name + (f" — {st.note}" if st.note else ""),
-                        st.status,
-                        st.rows,
-                        st.columns,
-                        _num(st.duration_s),
-                        st.cache,
-                    )
-                    for st in lin.steps
-                ],
-                {2, 3, 4},
+                ["run", "started", "status", "mode", "new batches", "days", "message"],
+                meta.history,
+                {4, 5},
             )
         )
-        parts.append("</div><div><h3>Validation gates</h3>")
-        if lin.gates:
-            parts.append(
-                table(
-                    ["gate", "on", "result", "checked", "failed", "detail"],
-                    [
-                        (
-                            g.name,
-                            g.on,
-                            "passed" if g.passed else "FAILED",
-                            g.checked_rows,
-                            g.failed_rows,
-                            g.detail,
-                        )
-                        for g in lin.gates
-                    ],
-                    {3, 4},
-                )
-            )
-        else:
-            parts.append('<p class="note">The record lists no gates.</p>')
-        parts.append("<h3>Inputs</h3>")
-        parts.append(table(["input", "rows", "columns"], lin.inputs, {1, 2}))
-        parts.append("<h3>Input batches</h3>")
-        if lin.batches_total is None:
-            parts.append('<p class="note">The record does not list its input batches.</p>')
-        else:
-            parts.append(
-                table(
-                    ["batch", "gateway", "rows", "detail"],
-                    [(b.batch_id, b.gateway_id, b.rows, b.detail) for b in lin.batches],
-                    {2},
-                )
-            )
-            if lin.batches_total > len(lin.batches):
-                parts.append(
-                    f'<p class="note">{lin.batches_total - len(lin.batches)} more batches '
-                    f"({lin.batches_total} in all).</p>"
-                )
-        parts.append("</div></div>")
     parts.append("<h3>Gold tables read</h3>")
     parts.append(
         table(

@@ -27,7 +27,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator, MultipleLocator, PercentFormatter
 
 from .geohash import decode_box
-from .summary import NO_LOCATION, UNKNOWN_FIRMWARE, Day, DeviceDown, Group, pct
+from .summary import NO_LOCATION, UNKNOWN_FIRMWARE, Day, DeviceDown, Group, pct, pct_vs
 
 WIDTH, HEIGHT = 6.4, 3.5  # inches: two plots side by side fill a 1400 px wide page
 # Scatter plots draw at most this many device-days (a fixed-seed sample): an SVG point is an
@@ -201,7 +201,7 @@ def fleet_uptime_by_day(days: Sequence[Day], target: float) -> str:
     if len(xs) <= 14:
         for x, v in zip(xs, values, strict=True):
             ax.annotate(
-                f"{v * 100:.1f}%",
+                pct_vs(v, target),
                 (x, v),
                 textcoords="offset points",
                 xytext=(0, 3),
@@ -262,7 +262,7 @@ def uptime_by_site(sites: Sequence[Group], target: float) -> str:
     _pct_ticks(ax.xaxis, lo)
     for y, v in enumerate(values):
         ax.annotate(
-            f"{v * 100:.1f}%",
+            pct_vs(v, target),
             (v, y),
             textcoords="offset points",
             xytext=(-3, 0),
@@ -288,7 +288,8 @@ def geohash_heatmap(cells: Sequence[Group], target: float) -> str:
     ]
     values = [g.uptime or 0.0 for g, _ in placed]
     vmin = min([*values, target - 0.02])
-    norm = Normalize(vmin=max(0.0, math.floor(vmin * 50) / 50), vmax=1.0)
+    lowest = max(0.0, math.floor(vmin * 50) / 50)
+    norm = Normalize(vmin=lowest, vmax=1.0)
     cmap = mpl.colormaps["RdYlGn"]
     for (_, b), v in zip(placed, values, strict=True):
         ax.add_patch(
@@ -350,7 +351,7 @@ def geohash_heatmap(cells: Sequence[Group], target: float) -> str:
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
     bar = fig.colorbar(mpl.cm.ScalarMappable(norm=norm, cmap=cmap), ax=ax, shrink=0.85)
-    bar.ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
+    _pct_ticks(bar.ax.yaxis, lowest)
     bar.set_label("uptime")
     return to_svg(fig, "geohash grid heat map")
 

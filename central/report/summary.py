@@ -342,6 +342,17 @@ def pct(value: float | None, digits: int = 1) -> str:
     return "n/a" if value is None else f"{value * 100:.{digits}f}%"
 
 
+def pct_vs(value: float | None, target: float) -> str:
+    """``pct`` with enough digits to show the value on its own side of the target: 0.98996
+    against 0.99 reads 98.996%, never a red "99.0%"."""
+    if value is None:
+        return pct(value)
+    for digits in (1, 2):
+        if (round(value * 100, digits) >= target * 100) == (value >= target):
+            return pct(value, digits)
+    return pct(value, 3)
+
+
 def hours(seconds: float) -> str:
     """Seconds as hours with one decimal: ``12.5 h``."""
     return f"{seconds / 3600:,.1f} h"
