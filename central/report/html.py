@@ -30,16 +30,17 @@ h3{font-size:15px;margin:14px 0 6px}
 .tile.bad{border-color:#f1b0ab;background:#fdf0ef}.tile.good{border-color:#b6dfc0;background:#f0f9f2}
 ul.facts,ol.next{margin:4px 0 0;padding-left:22px}
 ul.facts li,ol.next li{margin:3px 0}
-.grid{display:grid;grid-template-columns:1fr 1fr;gap:18px}
+.grid{display:grid;grid-template-columns:minmax(0,1fr) minmax(0,1fr);gap:18px}
 figure{margin:0;background:#fff;border:1px solid #dde1e7;border-radius:8px;padding:12px 14px}
 figure h3{margin:0 0 2px}
 figure p{margin:0 0 6px;color:#5b6372;font-size:12.5px}
 figure svg{display:block;width:100%;height:auto}
 table{border-collapse:collapse;width:100%;font-size:13px;margin:4px 0 8px}
-th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eceef2;vertical-align:top}
+th,td{text-align:left;padding:4px 8px;border-bottom:1px solid #eceef2;vertical-align:top;
+overflow-wrap:anywhere}
 th{background:#f7f8fa;font-weight:600}
 td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-.tables{display:grid;grid-template-columns:1fr 1fr 1fr;gap:18px}
+.tables{display:grid;grid-template-columns:repeat(3,minmax(0,1fr));gap:18px}
 .tables section{margin:0}
 .ok{color:#1e7b34;font-weight:600}.failed{color:#b3261e;font-weight:600}
 .note{color:#5b6372;font-size:12.5px}

@@ -118,11 +118,21 @@ def _gate(g: dict[str, Any]) -> GateRow:
     )
 
 
+def _short(v: Any) -> str:
+    # digests identify a file by their first 16 hex digits just as well, and fit a table cell
+    text = str(v)
+    return (
+        text[:16] + "…" if len(text) > 24 and all(c in "0123456789abcdef" for c in text) else text
+    )
+
+
 def _batch(b: Any) -> BatchRow:
     if isinstance(b, dict):
         bid = b.get("batch_id") or b.get("id") or "?"
         known = {"batch_id", "id", "gateway_id", "gateway", "rows"}
-        extra = ", ".join(f"{k}={v}" for k, v in b.items() if k not in known and v is not None)
+        extra = ", ".join(
+            f"{k}={_short(v)}" for k, v in b.items() if k not in known and v is not None
+        )
         return BatchRow(
             str(bid),
             str(b.get("gateway_id") or b.get("gateway") or ""),
