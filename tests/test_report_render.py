@@ -48,8 +48,9 @@ def fleet_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def report(fleet_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
     """The report as the CLI writes it."""
-    out = tmp_path_factory.mktemp("out") / "report.html"
-    config = write_config(fleet_dir.parent / "central.toml", fleet_dir)
+    where = tmp_path_factory.mktemp("out")
+    out = where / "report.html"
+    config = write_config(where / "central.toml", fleet_dir)
     done = cli("central", "report", "--config", str(config), "--out", str(out))
     assert done.returncode == 0, done.stderr
     assert f"wrote {out}" in done.stdout
