@@ -336,3 +336,15 @@ def test_every_flag_is_documented() -> None:
     for flag in flags:
         if flag != "--help":
             assert f"`{flag}" in doc, f"{flag} is not in docs/report.md"
+
+
+def test_report_file_honours_umask(tmp_path: Path) -> None:
+    from central.report import write_report
+
+    old = os.umask(0o022)
+    try:
+        write_report(tmp_path / "r.html", "<!DOCTYPE html>")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.html").stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["r.html"]  # no temp file left

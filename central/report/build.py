@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import secrets
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -115,7 +115,9 @@ def write_report(path: Path, text: str) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        tmp = parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+        # Not mkstemp: its 0600 would leave a report nobody else can open; this honours umask.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
