@@ -466,3 +466,87 @@ def write_config(root: Path, data_dir: Path, sources: dict[str, Path], **extra: 
     path = root / "central.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+# -- golden cases as engine inputs ------------------------------------------------------------
+
+SEP = "__"
+
+
+def with_batch_ids(batch: pa.Table, ingested: datetime = T0) -> tuple[pa.Table, pa.Table]:
+    """One batch per gateway: rows with ``batch_id`` and the matching ledger table."""
+    ids = pc.binary_join_element_wise(batch["gateway_id"], pa.scalar("-0000000001"), "")
+    rows = batch.append_column("batch_id", ids)
+    counts = rows.group_by(["batch_id", "gateway_id"]).aggregate([("batch_id", "count")])
+    counts = counts.sort_by("batch_id")
+    ledger = pa.table(
+        {
+            "batch_id": counts["batch_id"],
+            "ledger_gateway_id": counts["gateway_id"],
+            "ingested_at": pa.array([ingested] * counts.num_rows, _TS),
+            "ledger_rows": counts["batch_id_count"].cast(pa.int64()),
+        }
+    )
+    return rows, ledger
+
+
+@dataclass
+class Combined:
+    """Several golden cases as one input, names prefixed with ``<case>__`` to keep them apart."""
+
+    batch: pa.Table
+    registry: pa.Table
+    days: list[date]
+    cases: list[Any]
+
+    def problems(self, device_day: pa.Table) -> dict[str, list[str]]:
+        from tests.kpi_cases import compare
+
+        rows = device_day.to_pylist()
+        out = {}
+        for case in self.cases:
+            prefix = case.name + SEP
+            mine = [
+                {**r, "device_id": r["device_id"][len(prefix) :]}
+                for r in rows
+                if r["device_id"].startswith(prefix) and r["day"] in case.days
+            ]
+            found = compare(mine, case.expected)
+            if found:
+                out[case.name] = found
+        return out
+
+
+def combine_cases(cases: Sequence[Any]) -> Combined:
+    """Golden cases in one input; a case's config gap_k is written into its registry rows."""
+    from central.consolidate.sources import registry_table
+
+    batches, registries = [], []
+    for case in cases:
+        p = case.name + SEP
+        b = case.batch
+        dev = pc.if_else(
+            pc.is_null(b["device_id"]),
+            b["device_id"],
+            pc.binary_join_element_wise(pa.scalar(p), b["device_id"], ""),
+        )
+        b = b.set_column(b.schema.get_field_index("device_id"), "device_id", dev)
+        gw = pc.binary_join_element_wise(pa.scalar(p), b["gateway_id"], "")
+        b = b.set_column(b.schema.get_field_index("gateway_id"), "gateway_id", gw)
+        batches.append(b.cast(BATCH_SCHEMA))
+        seen = set(case.batch["device_id"].drop_null().to_pylist())
+        registered = {d.device_id for d in case.registry}
+        if seen - registered and case.gap_k != 2.5:
+            raise ValueError(f"{case.name}: unregistered devices need the default gap_k 2.5")
+        devices = [
+            d.model_copy(
+                update={
+                    "device_id": p + d.device_id,
+                    "gap_k": d.gap_k if d.gap_k is not None else case.gap_k,
+                }
+            )
+            for d in case.registry
+        ]
+        registries.append(registry_table(devices))
+    days = sorted({d for c in cases for d in c.days})
+    return Combined(pa.concat_tables(batches), pa.concat_tables(registries), days, list(cases))

@@ -94,11 +94,11 @@ def _runs(args: argparse.Namespace) -> int:
         f"{'RUN_ID':<44} {'STATUS':<12} {'ENGINE':<7} {'MODE':<12} {'NEW':>5} {'DAYS':>5} "
         f"{'SECONDS':>8}  MESSAGE"
     )
-    for r in rows:
-        secs = "-" if r.duration_s is None else f"{r.duration_s:.1f}"
+    for s in rows:
+        secs = "-" if s.duration_s is None else f"{s.duration_s:.1f}"
         print(
-            f"{r.run_id:<44} {r.status:<12} {r.engine:<7} {r.mode:<12} {r.new_batches:>5} "
-            f"{r.days:>5} {secs:>8}  {r.message[:100]}"
+            f"{s.run_id:<44} {s.status:<12} {s.engine:<7} {s.mode:<12} {s.new_batches:>5} "
+            f"{s.days:>5} {secs:>8}  {s.message[:100]}"
         )
     return 0
 
