@@ -1,4 +1,4 @@
-"""Incremental consolidation: new batches only, late data corrects old days, re-runs change nothing."""
+"""Incremental consolidation: late data corrects old days, re-runs change nothing."""
 
 from __future__ import annotations
 
