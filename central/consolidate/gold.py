@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import ibis
 import ibis.expr.types as ir
-from ibis import _
+
+from .geo import geohash_from_cells
 
 KEYS = ["device_id", "day_idx"]
 
@@ -36,11 +37,11 @@ def device_day(
         firmware_version=s.firmware_version.argmax(s.ws),
     )
     d = devices.select(
-        p_device=_.device_id,
-        site=_.site,
-        geohash5=_.geohash5,
-        geohash6=_.geohash6,
-        in_registry=_.in_registry,
+        p_device=devices.device_id,
+        site=devices.site,
+        geohash5=geohash_from_cells(devices.geo_x, devices.geo_y, 5),
+        geohash6=geohash_from_cells(devices.geo_x, devices.geo_y, 6),
+        in_registry=devices.in_registry,
     )
     t = targets.select("device_id", "day_idx", "day", window_ms=targets.e1 - targets.e0)
     j = (

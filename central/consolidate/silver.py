@@ -14,7 +14,7 @@ from ibis import _
 from schemas import DEFAULT_HEARTBEAT_S
 
 from .bronze import QUARANTINE_SCHEMA
-from .geo import geohash
+from .geo import cells
 
 DAY_MS = 86_400_000
 # Open bounds of intervals (about year 33,000): finite, so sums and least/greatest work.
@@ -99,7 +99,8 @@ def devices(registry: ir.Table, seen_devices: ir.Table, default_gap_k: float) ->
         comm_ms=_ms_or(j.commissioned_at, FAR_PAST),
         decomm_ms=_ms_or(j.decommissioned_at, FAR_FUTURE),
     )
-    return out.mutate(geohash5=geohash(out.lat, out.lon, 5), geohash6=geohash(out.lat, out.lon, 6))
+    gx, gy = cells(out.lat, out.lon)
+    return out.mutate(geo_x=gx, geo_y=gy)
 
 
 def _ms_or(col: ir.TimestampValue, default: float) -> ir.FloatingValue:
