@@ -30,5 +30,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Every reliability scenario at the issue's full figures; rewrites RELIABILITY.md.
+faults: $(STAMP)
+	FLEETPULSE_FAULTS=full $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
