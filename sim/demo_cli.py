@@ -1,35 +1,37 @@
-"""``fleetpulse demo`` (interim): a private Mosquitto, the agent, a few messages, its status.
+"""``fleetpulse demo``: the whole pipeline on a simulated fleet in one command (thin CLI).
 
-The full end-to-end demo (simulated fleet → agent → upload → consolidation → report) comes
-with a later issue; this one shows what exists today: durable ingest with dedup and
-quarantine.
+The work is in ``sim/demo.py``; this module parses flags, prints progress and the summary,
+and turns a failed stage into one line on stderr and exit code 1 (130 on Ctrl-C).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import shutil
+import logging
 import signal
-import socket
-import sqlite3
-import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, TextIO
 
-FOLLOW_UP = (
-    "This is the interim demo of issue 2 (durable MQTT ingest). The full demo — a simulated "
-    "fleet, upload to central, consolidation and the uptime report — comes with a later issue."
-)
+from .demo import DEFAULT_DAYS, DEFAULT_DEVICES, DEFAULT_SEED, Event, Options, as_dict, run_demo
+from .demo_procs import StageFailed
+from .errors import SimError
+
+# Without a terminal, a moving stage prints a line at most this often.
+PLAIN_UPDATE_EVERY_S = 5.0
 
 
-class DemoError(Exception):
-    """The demo could not run; the message says what to install or fix."""
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
 
 
 def register(subs: Any, name: str, help_text: str) -> None:
@@ -37,169 +39,119 @@ def register(subs: Any, name: str, help_text: str) -> None:
     p = subs.add_parser(
         name,
         help=help_text,
-        description="Interim demo: start a private Mosquitto and the agent, publish a few "
-        "messages (a duplicate and a bad one among them), show `agent status`. " + FOLLOW_UP,
+        description="Run the whole pipeline on a simulated fleet: a private Mosquitto, the "
+        "central ingest API, three agents (one per gateway), the simulator's "
+        "firmware-regression scenario, upload, consolidation, DIR/report.html, and a summary "
+        "checked against the simulator's ground truth. Everything it starts is stopped when "
+        "it ends (also on Ctrl-C).",
     )
     p.add_argument(
         "--out",
         type=Path,
         default=Path("demo-out"),
-        help="folder for the demo's files; its agent-ingest/ subfolder is recreated "
-        "(default: demo-out)",
+        metavar="DIR",
+        help="output folder; its broker/, sim/, central/, agents/ and report.html are "
+        "recreated on each run (default: demo-out)",
     )
+    p.add_argument(
+        "--broker",
+        metavar="URL",
+        help="use this MQTT broker (mqtt://[USER[:PASS]@]HOST[:PORT]) instead of a private "
+        "Mosquitto; it must queue enough messages per session (docs/demo.md)",
+    )
+    p.add_argument(
+        "--devices",
+        type=_positive,
+        metavar="N",
+        help=f"fleet size (default {DEFAULT_DEVICES}; fewer with the amqtt fallback)",
+    )
+    p.add_argument(
+        "--days", type=_positive, default=DEFAULT_DAYS, metavar="D", help="simulated days"
+    )
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED, metavar="S", help="random seed")
     p.set_defaults(handler=cmd_demo)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class Printer:
+    """Stage lines with timings on stdout; a live line on a terminal, sparse lines otherwise."""
 
+    def __init__(self, out: TextIO, tty: bool | None = None) -> None:
+        self.out = out
+        self.tty = out.isatty() if tty is None else tty
+        self.t0 = time.monotonic()
+        self.last_plain = 0.0
+        self.live = False
 
-def _wait(what: str, pred: Any, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
+    def _clear(self) -> None:
+        if self.live:
+            self.out.write("\r\x1b[K")
+            self.live = False
+
+    def __call__(self, ev: Event) -> None:
+        at = f"[{time.monotonic() - self.t0:6.1f} s]"
+        if ev.kind == "update":
+            if self.tty:
+                self._clear()
+                self.out.write(f"{at} {ev.stage:<11} {ev.text}")
+                self.live = True
+                self.out.flush()
+            elif time.monotonic() - self.last_plain >= PLAIN_UPDATE_EVERY_S:
+                self.last_plain = time.monotonic()
+                print(f"{at} {ev.stage:<11} {ev.text}", file=self.out, flush=True)
             return
-        time.sleep(0.05)
-    raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+        self._clear()
+        if ev.kind == "start":
+            print(f"{at} {ev.stage:<11} ...", file=self.out, flush=True)
+        elif ev.kind == "done":
+            print(f"{at} {ev.stage:<11} done in {ev.seconds:.1f} s", file=self.out, flush=True)
+        else:
+            print(f"{at} {ev.stage:<11} {ev.text}", file=self.out, flush=True)
 
 
-def _port_open(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
-
-
-@contextlib.contextmanager
-def _mosquitto(workdir: Path) -> Iterator[int]:
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    if not Path(exe).exists():
-        raise DemoError("needs the mosquitto broker: sudo apt-get install mosquitto")
-    port = _free_port()
-    data = workdir / "mosquitto-data"
-    data.mkdir(parents=True)
-    conf = workdir / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-        f"persistence_location {data}/\nmax_queued_messages 100000\n"
-        f"log_dest file {workdir / 'mosquitto.log'}\n"
-        # as root mosquitto would drop to a user that cannot write here
-        + ("user root\n" if os.geteuid() == 0 else "")
-    )
-    proc = subprocess.Popen(
-        [exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        _wait("mosquitto to listen", lambda: _port_open(port) or proc.poll() is not None, 10)
-        if proc.poll() is not None:
-            raise DemoError(f"mosquitto exited at start; see {workdir / 'mosquitto.log'}")
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _subscribed(db: Path) -> bool:
-    if not db.exists():
-        return False
-    try:
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-        try:
-            return bool(conn.execute("SELECT 1 FROM observations WHERE end_ms IS NULL").fetchone())
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return False
-
-
-def _messages(now_ms: int) -> list[tuple[str, bytes, str]]:
-    """(topic, payload, what it shows) for the demo's publishes."""
-
-    def tele(dev: str, seq: int, temp: float) -> bytes:
-        body = {"device_id": dev, "ts": now_ms - (10 - seq) * 30_000, "seq": seq,
-                "metrics": {"temp_c": temp}, "fw": "2.4.1"}  # fmt: skip
-        return json.dumps(body).encode()
-
-    out = [(f"fleet/berlin/pump-{d}/telemetry", tele(f"pump-{d}", s, 20 + s), "telemetry")
-           for d in (1, 2) for s in range(1, 5)]  # fmt: skip
-    out.append(("fleet/berlin/pump-1/status",
-                json.dumps({"device_id": "pump-1", "ts": now_ms, "state": "online"}).encode(),
-                "status"))  # fmt: skip
-    boot = {"device_id": "pump-1", "ts": now_ms, "seq": 5, "type": "boot"}
-    out.append(("fleet/berlin/pump-1/event", json.dumps(boot).encode(), "event"))
-    out.append((out[0][0], out[0][1], "the first telemetry again (a redelivery): stored once"))
-    out.append(("fleet/berlin/pump-2/telemetry", b"temp=21.5", "not JSON: quarantined"))
-    out.append(("fleet/berlin/pump-2/telemetry",
-                json.dumps({"device_id": "pump-9", "ts": now_ms, "seq": 1}).encode(),
-                "device_id differs from the topic: quarantined"))  # fmt: skip
-    return out
-
-
-def _publish(port: int, messages: list[tuple[str, bytes, str]]) -> None:
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id="demo-device")
-    client.connect("127.0.0.1", port)
-    client.loop_start()
-    try:
-        for topic, payload, what in messages:
-            client.publish(topic, payload, qos=1).wait_for_publish(10)
-            print(f"  published {topic:<32} {what}")
-    finally:
-        client.disconnect()
-        client.loop_stop()
-
-
-def _fleetpulse(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fleetpulse", *args]
-
-
-def run_demo(out: Path) -> None:
-    work = out / "agent-ingest"
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    with _mosquitto(work) as port:
-        cfg = work / "agent.toml"
-        cfg.write_text(
-            f'gateway_id = "gw-demo"\ndata_dir = "{(work / "agent-data").resolve()}"\n'
-            f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\n'
-        )
-        db = work / "agent-data" / "agent.sqlite3"
-        log_path = work / "agent.log"
-        print(f"mosquitto on 127.0.0.1:{port}; agent config {cfg}; agent log {log_path}")
-        with open(log_path, "wb") as log:
-            agent = subprocess.Popen(
-                _fleetpulse("agent", "run", "--config", str(cfg)), stdout=log, stderr=log
-            )
-        try:
-            _wait("the agent to subscribe", lambda: _subscribed(db) or agent.poll() is not None, 30)
-            if agent.poll() is not None:
-                raise DemoError(f"the agent exited; see {log_path}")
-            print("publishing with QoS 1:")
-            messages = _messages(time.time_ns() // 1_000_000)
-            _publish(port, messages)
-            print(
-                f"expected: {len(messages)} published = {len(messages) - 3} distinct readings "
-                "+ 1 redelivery (not stored twice) + 2 quarantined"
-            )
-            time.sleep(0.5)  # a couple of 50 ms commit windows
-            print("\n$ fleetpulse agent status --config " + str(cfg))
-            subprocess.run(_fleetpulse("agent", "status", "--config", str(cfg)), check=False)
-        finally:
-            agent.send_signal(signal.SIGTERM)
-            code = agent.wait(30)
-        print(f"\nagent stopped with SIGTERM, exit code {code}; its buffer stays in {db}")
-        print("look inside: sqlite3 " + str(db) + " 'select topic, reason from quarantine'")
-    print("\n" + FOLLOW_UP)
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    # SIGTERM takes the Ctrl-C path: the stack unwinds and every child is stopped.
+    raise KeyboardInterrupt
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    opts = Options(
+        out=args.out,
+        broker_url=args.broker,
+        devices=args.devices,
+        days=args.days,
+        seed=args.seed,
+    )
+    if not getattr(args, "verbose", False):
+        # progress lines say what happens; INFO logs (every health poll) would drown them
+        logging.getLogger().setLevel(logging.WARNING)
+    printer = Printer(sys.stdout)
+    previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        run_demo(args.out)
-    except DemoError as exc:
+        result = run_demo(opts, printer)
+    except StageFailed as exc:
+        printer._clear()
+        print(f"fleetpulse demo: stage {exc}", file=sys.stderr)
+        return 1
+    except SimError as exc:
         print(f"fleetpulse demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        printer._clear()
+        print("fleetpulse demo: interrupted; everything it started is stopped", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    (result.out / "demo.json").write_text(json.dumps(as_dict(result), indent=2) + "\n")
+    print()
+    for line in result.summary:
+        print(line)
+    print()
+    timings = "  ".join(f"{k} {v:.1f}s" for k, v in result.timings.items())
+    print(f"wall time {result.total_s:.0f} s: {timings}")
+    print(f"report: {result.report}")
+    print(f"central: {result.out / 'central' / 'central.toml'} (gold at central/gold/)")
+    ok = result.accuracy is not None and result.accuracy.passed
+    if not ok:
+        print("fleetpulse demo: stage check: accuracy outside the bars (above)", file=sys.stderr)
         return 1
     return 0
