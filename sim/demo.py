@@ -45,7 +45,7 @@ DEFAULT_DEVICES = 60
 DEFAULT_DAYS = 4
 DEFAULT_SEED = 42
 # amqtt is a pure-Python broker, several times slower than Mosquitto.
-AMQTT_DEVICES = 15
+AMQTT_DEVICES = 12
 # Draining: how long the agents may make no progress before the stage fails.
 DRAIN_STALL_S = 60.0
 DRAIN_POLL_S = 0.25
@@ -178,6 +178,7 @@ def agent_toml(
     token_file: Path | None = None,
     registry: Path | None = None,
     metrics_port: int | None = None,
+    protocol: str = "mqttv5",
 ) -> str:
     """One agent's config: its gateway's topic filters, the demo's broker and central."""
     lines = [
@@ -189,6 +190,7 @@ def agent_toml(
         "[mqtt]",
         f"host = {_toml_str(host)}",
         f"port = {port}",
+        f'protocol = "{protocol}"',
         "topics = [" + ", ".join(_toml_str(t) for t in topics) + "]",
         # a fresh demo must not resume a session another run left on an external broker
         f"client_id = {_toml_str(f'fleetpulse-demo-{gateway}-{os.getpid()}')}",
@@ -234,10 +236,19 @@ def _run_cli(stage: str, args: list[str], log_path: Path, timeout: float) -> str
 # -- stages ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class BrokerChoice:
+    """The broker the demo uses: URL, a fleet-size cap (None: none), the agents' protocol."""
+
+    url: str
+    cap: int | None = None
+    protocol: str = "mqttv5"
+
+
 def start_broker(
     opts: Options, work: Path, stack: contextlib.ExitStack, emit: Callback
-) -> tuple[str, int | None]:
-    """The broker URL to use and the fleet size cap it implies (None: no cap)."""
+) -> BrokerChoice:
+    """An external broker (checked to answer), a private Mosquitto, or amqtt."""
     if opts.broker_url is not None:
         addr = parse_broker_url(opts.broker_url)
         if not port_open(addr.port, addr.host):
@@ -247,12 +258,12 @@ def start_broker(
                 "to use a private Mosquitto",
             )
         emit(Event("note", "broker", f"using the external broker {addr.url}"))
-        return opts.broker_url, None
+        return BrokerChoice(opts.broker_url)
     if mosquitto_binary() is not None:
         child, port = start_mosquitto(work / "broker", "broker")
         stack.callback(child.stop)
         emit(Event("note", "broker", f"private Mosquitto on 127.0.0.1:{port}"))
-        return f"mqtt://127.0.0.1:{port}", None
+        return BrokerChoice(f"mqtt://127.0.0.1:{port}")
     if amqtt_available():
         child, port = start_amqtt(work / "broker", "broker")
         stack.callback(child.stop)
@@ -265,7 +276,8 @@ def start_broker(
                 "amqtt keeps no offline sessions",
             )
         )
-        return f"mqtt://127.0.0.1:{port}", AMQTT_DEVICES
+        # amqtt speaks MQTT 3.1.1 only
+        return BrokerChoice(f"mqtt://127.0.0.1:{port}", AMQTT_DEVICES, "mqttv311")
     raise StageFailed(
         "broker",
         "no MQTT broker: install Mosquitto (apt-get install mosquitto) or amqtt "
@@ -353,13 +365,13 @@ def _upload_keys(central_url: str, token_file: Path | None, registry: Path) -> d
 def start_agents(
     work: Path,
     plan: Plan,
-    broker_url: str,
+    broker: BrokerChoice,
     central_url: str,
     tokens: dict[str, Path],
     stack: contextlib.ExitStack,
 ) -> list[Agent]:
     """One agent per gateway, subscribed to its sites' topic filters, as subprocesses."""
-    addr = parse_broker_url(broker_url)
+    addr = parse_broker_url(broker.url)
     agents = []
     for gw, topics in plan.scenario.topic_filters().items():
         home = work / "agents" / gw
@@ -379,6 +391,7 @@ def start_agents(
                 topics,
                 username=addr.username,
                 password_file=password_file,
+                protocol=broker.protocol,
                 **_upload_keys(central_url, tokens.get(gw), plan.out_dir / "registry.csv"),
             )
         )
@@ -514,15 +527,16 @@ def run_demo(opts: Options, emit: Callback) -> DemoResult:
     stack = contextlib.ExitStack()
     try:
         with stage("broker"):
-            result.broker, cap = start_broker(opts, work, stack, emit)
-        devices = opts.devices
-        if cap is not None and (devices is None or devices > cap):
-            devices = min(devices or DEFAULT_DEVICES, cap)
+            broker = start_broker(opts, work, stack, emit)
+            result.broker = broker.url
+        devices = opts.devices or DEFAULT_DEVICES
+        if broker.cap is not None:
+            devices = min(devices, broker.cap)
         with stage("plan"):
             plan = prepare(
                 opts.scenario,
                 sim_dir,
-                devices=devices or DEFAULT_DEVICES,
+                devices=devices,
                 days=opts.days,
                 seed=opts.seed,
             )
@@ -541,7 +555,7 @@ def run_demo(opts: Options, emit: Callback) -> DemoResult:
             )
             emit(Event("note", "central", f"ingest API at {central_url}"))
         with stage("agents"):
-            agents = start_agents(work, plan, result.broker, central_url, tokens, stack)
+            agents = start_agents(work, plan, broker, central_url, tokens, stack)
             emit(
                 Event(
                     "note",
