@@ -13,7 +13,13 @@ Tables (schema version in ``PRAGMA user_version``):
 - ``observations``: intervals ``[start_ms, end_ms)`` when the agent was connected and
   subscribed; an open interval has ``end_ms`` NULL and its ``alive_ms`` moves with every
   commit, so after a crash it is closed at the last instant it was known to be true.
-- ``meta``: small state such as ``uploaded_upto`` (the highest reading id uploaded).
+- ``meta``: small state: ``uploaded_upto`` (every reading with a lower or equal id is in
+  an uploaded batch), ``exported_upto`` (the export cursor), ``dag_upto`` (the DAG's
+  cursor), ``dropped_rows`` (``on_full = "drop_oldest"``), ``registry_mtime_ns``.
+- v2: ``batches`` (the outbox ledger: one row per batch, reserved before its file is
+  written), ``batch_observations`` (the observation pieces a batch carries),
+  ``obs_shipped`` (how far each observation interval was shipped), ``devices`` (the
+  registry cache), ``kpis`` (the local per device-day view).
 """
 
 from __future__ import annotations
@@ -31,10 +37,14 @@ from .errors import StoreError, StoreMissing
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 QUARANTINE_KEEP_BYTES = 4096
-# Meta key of the export cursor: readings with id <= this value are uploaded.
+# Meta key of the upload cursor: readings with id <= this value are uploaded.
 META_UPLOADED_UPTO = "uploaded_upto"
+META_EXPORTED_UPTO = "exported_upto"
+META_DAG_UPTO = "dag_upto"
+META_DROPPED_ROWS = "dropped_rows"
+META_REGISTRY_MTIME = "registry_mtime_ns"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS readings (
@@ -74,6 +84,69 @@ CREATE TABLE IF NOT EXISTS meta (
     value INTEGER NOT NULL
 );
 INSERT OR IGNORE INTO meta (key, value) VALUES ('uploaded_upto', 0);
+-- v2: export, upload, registry cache, local KPIs (agent/export.py, upload.py, dag.py)
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY,
+    batch_id TEXT NOT NULL UNIQUE,
+    first_id INTEGER NOT NULL,
+    last_id INTEGER NOT NULL,
+    readings INTEGER NOT NULL,
+    observations INTEGER NOT NULL,
+    path TEXT NOT NULL,
+    state TEXT NOT NULL,
+    sha256 TEXT,
+    bytes INTEGER,
+    min_ts_ms INTEGER,
+    max_ts_ms INTEGER,
+    created_ms INTEGER NOT NULL,
+    exported_ms INTEGER,
+    uploaded_ms INTEGER,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_ms INTEGER NOT NULL DEFAULT 0,
+    http_status INTEGER,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS batches_state ON batches (state, seq);
+CREATE TABLE IF NOT EXISTS batch_observations (
+    seq INTEGER NOT NULL,
+    start_ms INTEGER NOT NULL,
+    end_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS batch_observations_seq ON batch_observations (seq);
+CREATE TABLE IF NOT EXISTS obs_shipped (
+    obs_id INTEGER PRIMARY KEY,
+    upto_ms INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    site TEXT NOT NULL,
+    lat REAL,
+    lon REAL,
+    heartbeat_s REAL NOT NULL,
+    gap_k REAL,
+    commissioned_at TEXT,
+    decommissioned_at TEXT
+);
+CREATE TABLE IF NOT EXISTS kpis (
+    day TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    site TEXT,
+    heartbeat_s REAL NOT NULL,
+    eligible_s REAL NOT NULL,
+    up_s REAL NOT NULL,
+    down_s REAL NOT NULL,
+    unknown_s REAL NOT NULL,
+    device_uptime REAL,
+    connectivity_ratio REAL,
+    slots_counted INTEGER NOT NULL,
+    slots_holding INTEGER NOT NULL,
+    computed_ms INTEGER NOT NULL,
+    PRIMARY KEY (day, device_id)
+);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('exported_upto', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('dag_upto', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped_rows', 0);
+INSERT OR IGNORE INTO meta (key, value) VALUES ('registry_mtime_ns', 0);
 """
 
 _INSERT_READING = (
@@ -153,6 +226,11 @@ class Buffer:
             conn.close()
             raise StoreError(f"cannot set up the buffer {path}: {exc}") from exc
         return cls(conn, path)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection, for the agent's other stages (export, upload, DAG) on this thread."""
+        return self._conn
 
     def close(self) -> None:
         self._conn.close()
@@ -241,6 +319,21 @@ class Buffer:
             return str(self._conn.execute("PRAGMA integrity_check").fetchone()[0])
         except sqlite3.Error as exc:
             raise StoreError(f"cannot check the buffer {self.path}: {exc}") from exc
+
+
+def get_meta(conn: sqlite3.Connection, key: str) -> int:
+    """An integer from the ``meta`` table (0 when absent)."""
+    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def set_meta(conn: sqlite3.Connection, key: str, value: int) -> None:
+    """Set an integer in the ``meta`` table (inside the caller's transaction)."""
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?, ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, int(value)),
+    )
 
 
 def open_readonly(path: Path) -> sqlite3.Connection:

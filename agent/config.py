@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -30,6 +31,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from schemas import DEFAULT_GAP_K
 
 from .errors import ConfigError
 
@@ -145,6 +148,84 @@ class IngestConfig(BaseModel):
     )
 
 
+class CentralConfig(BaseModel):
+    """``[central]``: where batches are uploaded and with which token."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        None, description="central ingest API base URL; unset: batches are kept, not uploaded"
+    )
+    token_file: Path | None = Field(
+        None, description="file holding this gateway's upload token; empty: not registered yet"
+    )
+    timeout_s: float = Field(30.0, gt=0, le=3600, description="one upload request at most")
+    batch_max_rows: int = Field(
+        100_000, ge=1, le=10_000_000, description="rows per batch at most (central's limit)"
+    )
+    retry_max_s: float = Field(
+        300.0, gt=0, le=86_400, description="ceiling of the upload backoff (full jitter)"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("use an http:// or https:// URL such as https://central:8443")
+        return value.rstrip("/")
+
+
+class ScheduleConfig(BaseModel):
+    """``[schedule]``: how often the local DAG, the export and the upload run."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    dag_interval_s: float = Field(300.0, ge=1, le=86_400, description="local KPI DAG period")
+    export_interval_s: float = Field(60.0, ge=1, le=86_400, description="Parquet export period")
+    upload_interval_s: float = Field(30.0, ge=1, le=86_400, description="upload period")
+    disk_check_s: float = Field(5.0, ge=0.1, le=3600, description="disk budget check period")
+
+
+class StorageConfig(BaseModel):
+    """``[storage]``: the disk budget of buffer and outbox, retention, what to do when full."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_disk_bytes: int = Field(
+        2 * 1024**3, ge=1024 * 1024, description="buffer + WAL + outbox files at most"
+    )
+    retention_hours: float = Field(
+        48.0, ge=0, le=24 * 365, description="uploaded readings stay this long (local KPIs)"
+    )
+    on_full: Literal["backpressure", "drop_oldest"] = Field(
+        "backpressure",
+        description="backpressure: stop acking (the broker keeps messages); "
+        "drop_oldest: delete the oldest data and count it",
+    )
+
+
+class RegistryConfig(BaseModel):
+    """``[registry]``: the device registry file cached in the buffer."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    path: Path | None = Field(None, description="registry CSV or Parquet (schemas.Device columns)")
+    gap_k: float = Field(
+        DEFAULT_GAP_K, ge=1, le=100, description="gap tolerance k x heartbeat (registry overrides)"
+    )
+
+
+def _listen(value: str) -> str:
+    if value == "":
+        return value
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError('use HOST:PORT such as 127.0.0.1:9108, or "" to turn metrics off')
+    return value
+
+
 class AgentConfig(BaseModel):
     """The whole agent config file (``agent.toml``)."""
 
@@ -157,6 +238,13 @@ class AgentConfig(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    metrics_listen: Annotated[str, AfterValidator(_listen)] = Field(
+        "127.0.0.1:9108", description="Prometheus /metrics HOST:PORT; empty string: off"
+    )
+    central: CentralConfig = Field(default_factory=CentralConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     @field_validator("gateway_id")
     @classmethod
@@ -188,6 +276,19 @@ class AgentConfig(BaseModel):
     def db_path(self) -> Path:
         """The SQLite buffer inside ``data_dir``."""
         return self.data_dir / DB_NAME
+
+    @property
+    def outbox(self) -> Path:
+        """Exported Parquet batches waiting for upload."""
+        return self.data_dir / "outbox"
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """``metrics_listen`` as (host, port), or None when metrics are off."""
+        if not self.metrics_listen:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
 
 def env_overrides(environ: Mapping[str, str], model: type[BaseModel]) -> dict[str, Any]:

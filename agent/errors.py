@@ -9,8 +9,15 @@ Tree::
     ├── BrokerError             the MQTT broker refused us (bad credentials, not authorised,
     │                           subscription refused); network loss is not an error, it is
     │                           retried with backoff
-    └── KpiInputError           the KPI computation got inputs it cannot use (names the column
-                                or device)
+    ├── KpiInputError           the KPI computation got inputs it cannot use (names the column
+    │                           or device)
+    ├── RegistryError           the [registry] file is missing or has a bad row (names the row
+    │                           and column; the cached registry stays in use)
+    ├── ExportError             a batch file cannot be written to the outbox
+    └── UploadError             central cannot take the batches now (unreachable, token
+        │                       missing or refused); retried with backoff
+        └── BatchRejected       central refused a batch for good (409, 400, 413, 422...);
+                                flagged for the operator, not retried
 
 Errors of the layers below (sqlite3, paho-mqtt, OSError) are translated where they are
 raised: ``raise StoreError(...) from exc``. Only the CLI turns these into one line on stderr.
@@ -41,3 +48,19 @@ class BrokerError(AgentError):
 
 class KpiInputError(AgentError):
     """The KPI computation cannot use its inputs."""
+
+
+class RegistryError(AgentError):
+    """The device registry file cannot be used."""
+
+
+class ExportError(AgentError):
+    """A batch file cannot be written."""
+
+
+class UploadError(AgentError):
+    """Batches cannot be uploaded now."""
+
+
+class BatchRejected(UploadError):
+    """Central refused a batch for good."""

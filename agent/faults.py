@@ -1,0 +1,34 @@
+"""Fault points: ``FLEETPULSE_FAULT=<name>`` makes the agent ``os._exit`` right there (tests).
+
+A fault point stands where a crash is most dangerous for exactly-once delivery, so the
+crash tests (and the later reliability issue) can kill the process at that instant
+rather than hope a SIGKILL lands there. Names:
+
+- ``after_reserve_before_write``: a batch's range is reserved in SQLite, no file yet;
+- ``after_export_before_mark``: the batch file is renamed into the outbox and its
+  directory fsynced, the ``exported`` mark is not committed;
+- ``after_upload_before_mark``: central answered 201/200, ``uploaded`` is not committed.
+
+The process exits with status ``FAULT_EXIT`` and no cleanup, like a SIGKILL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+FAULT_ENV = "FLEETPULSE_FAULT"
+FAULT_EXIT = 86
+FAULT_POINTS = frozenset(
+    {"after_reserve_before_write", "after_export_before_mark", "after_upload_before_mark"}
+)
+
+log = logging.getLogger(__name__)
+
+
+def fault_point(name: str) -> None:
+    """Exit the process at once if ``$FLEETPULSE_FAULT`` names this point."""
+    if os.environ.get(FAULT_ENV) == name:
+        log.critical("fault point %s reached: exiting with %d", name, FAULT_EXIT)
+        logging.shutdown()
+        os._exit(FAULT_EXIT)
