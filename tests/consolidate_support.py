@@ -8,6 +8,7 @@ API would: Parquet batches under ``landing/gateway=…/date=…`` recorded in a 
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -312,13 +313,20 @@ def split_batches(fleet: Fleet) -> list[tuple[str, str, pa.Table]]:
     """(gateway, batch id, rows) per gateway and ``batch_hours`` of receive time."""
     b = fleet.batch
     when = pc.if_else(pc.is_null(b["received_at"]), b["ts"], b["received_at"]).cast(pa.int64())
-    chunk = pc.divide(pc.subtract(when, T0_MS), fleet.batch_hours * HOUR_MS).to_numpy()
-    gws = b["gateway_id"].to_numpy(zero_copy_only=False)
+    chunk = pc.divide(pc.subtract(when, T0_MS), fleet.batch_hours * HOUR_MS)
+    keyed = pa.table({"gw": b["gateway_id"], "chunk": chunk, "i": pa.array(range(b.num_rows))})
+    keyed = keyed.sort_by([("gw", "ascending"), ("chunk", "ascending"), ("i", "ascending")])
+    gw = keyed["gw"].to_numpy(zero_copy_only=False)
+    ch = keyed["chunk"].to_numpy()
+    cut = np.flatnonzero((gw[1:] != gw[:-1]) | (ch[1:] != ch[:-1])) + 1
+    bounds = [0, *cut.tolist(), len(gw)]
+    ordered = b.take(keyed["i"])
     out = []
-    for g in sorted(set(gws)):
-        for seq, c in enumerate(sorted(set(chunk[gws == g])), start=1):
-            idx = np.flatnonzero((gws == g) & (chunk == c))
-            out.append((g, batch_id(g, seq), b.take(pa.array(idx))))
+    seq: dict[str, int] = {}
+    for lo, hi in itertools.pairwise(bounds):
+        g = str(gw[lo])
+        seq[g] = seq.get(g, 0) + 1
+        out.append((g, batch_id(g, seq[g]), ordered.slice(lo, hi - lo)))
     return out
 
 
