@@ -1,10 +1,12 @@
-"""Buffer rows → Arrow: the fast read (ADBC SQLite driver when installed), metrics, geohash.
+"""Buffer rows → Arrow for export: a lean read through ``sqlite3``, metrics, geohash.
 
-The ADBC driver hands SQLite rows over as Arrow columns (about 2x the rows per second of
-the ``sqlite3`` cursor, which builds a Python object per cell); without it the cursor
-path gives the same table. ADBC infers a column's type from the first rows it sees, so
-the query starts with a typed sentinel row (dropped afterwards): a column that is NULL
-for the first thousand readings would otherwise be taken for an integer column.
+The ``sqlite3`` cursor builds a Python object per cell, which is what an export costs, so
+a batch reads only the columns that hold a value somewhere in its range (telemetry has no
+``state``, ``event_type``, ``detail``, often no position): one cheap ``count()`` scan in
+SQLite saves up to half the cells. The ADBC SQLite driver would hand over Arrow columns
+directly, but it links its own copy of SQLite: two copies in one process break each
+other's POSIX locks (SQLite's "how to corrupt" §2.2.1; we saw ``disk I/O error`` on the
+ingest connection in a test), so it is not used in the agent process.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import json
 import logging
 import sqlite3
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -27,98 +28,77 @@ from .errors import StoreError
 log = logging.getLogger(__name__)
 
 GEOHASH_PRECISION = 6
-_COLS = (
-    "id", "ts_ms", "received_ms", "seq", "device_id", "kind", "site", "state", "event_type",
-    "fw", "lat", "lon", "metrics", "metrics_null", "detail",
-)  # fmt: skip
-_SELECT = (
-    "SELECT id, ts_ms, received_ms, seq, device_id, kind, site, state, event_type, fw,"
-    " CAST(lat AS REAL), CAST(lon AS REAL), coalesce(metrics, '{}') || char(10),"
-    " metrics IS NULL, detail FROM readings WHERE id BETWEEN %d AND %d"
-)
-_SENTINEL = "SELECT -1, 0, 0, 0, '', '', '', '', '', '', 0.5, 0.5, '', 0, '' UNION ALL "
 _RAW_SCHEMA = pa.schema(
     [
-        ("id", pa.int64()), ("ts_ms", pa.int64()), ("received_ms", pa.int64()),
-        ("seq", pa.int64()), ("device_id", pa.string()), ("kind", pa.string()),
-        ("site", pa.string()), ("state", pa.string()), ("event_type", pa.string()),
-        ("fw", pa.string()), ("lat", pa.float64()), ("lon", pa.float64()),
-        ("metrics", pa.string()), ("metrics_null", pa.int64()), ("detail", pa.string()),
+        ("ts_ms", pa.int64()), ("received_ms", pa.int64()), ("seq", pa.int64()),
+        ("device_id", pa.string()), ("kind", pa.string()), ("site", pa.string()),
+        ("state", pa.string()), ("event_type", pa.string()), ("fw", pa.string()),
+        ("lat", pa.float64()), ("lon", pa.float64()), ("metrics", pa.string()),
+        ("detail", pa.string()),
     ]
 )  # fmt: skip
+# columns that are NULL for many readings: read only when the range holds a value
+_SPARSE = ("state", "event_type", "fw", "lat", "lon", "metrics", "detail")
 _TS = pa.timestamp("ms", tz="UTC")
 _METRICS = BATCH_SCHEMA.field("metrics").type
 
 
-def adbc_available() -> bool:
-    try:
-        import adbc_driver_sqlite.dbapi  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def read_readings(
-    db_path: Path, conn: sqlite3.Connection, first_id: int, last_id: int, *, use_adbc: bool = True
-) -> pa.Table:
+def read_readings(conn: sqlite3.Connection, first_id: int, last_id: int) -> pa.Table:
     """Reading rows with ``first_id <= id <= last_id`` as an Arrow table (``_RAW_SCHEMA``)."""
-    sql = _SELECT % (int(first_id), int(last_id))
-    if use_adbc and adbc_available():
-        import adbc_driver_sqlite.dbapi as adbc
-
-        try:
-            with adbc.connect(str(db_path)) as aconn, aconn.cursor() as cur:
-                # bigger Arrow batches than the default 1024 rows: fewer, cheaper hand-overs
-                cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
-                cur.execute(_SENTINEL + sql)
-                table = cur.fetch_arrow_table().slice(1)
-            return pa.Table.from_arrays(
-                [c.cast(f.type) for c, f in zip(table.columns, _RAW_SCHEMA, strict=True)],
-                schema=_RAW_SCHEMA,
-            )
-        except Exception as exc:  # the driver's own error classes: fall back, never fail here
-            log.warning("ADBC read of readings %d..%d failed (%s); using sqlite3", first_id,
-                        last_id, exc)  # fmt: skip
+    rng = (int(first_id), int(last_id))
     try:
-        rows = conn.execute(sql).fetchall()
+        present = conn.execute(
+            "SELECT "
+            + ", ".join(f"count({c})" for c in _SPARSE)
+            + " FROM readings WHERE id BETWEEN ? AND ?",
+            rng,
+        ).fetchone()
+        wanted = [f.name for f in _RAW_SCHEMA if f.name not in _SPARSE] + [
+            c for c, n in zip(_SPARSE, present, strict=True) if n
+        ]
+        sql = f"SELECT {', '.join(wanted)} FROM readings WHERE id BETWEEN ? AND ? ORDER BY id"
+        rows = conn.execute(sql, rng).fetchall()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read readings {first_id}..{last_id}: {exc}") from exc
-    cols = list(zip(*rows, strict=True)) if rows else [() for _ in _COLS]
-    return pa.Table.from_arrays(
-        [pa.array(c, type=f.type) for c, f in zip(cols, _RAW_SCHEMA, strict=True)],
-        schema=_RAW_SCHEMA,
-    )
+    n = len(rows)
+    columns = dict(zip(wanted, zip(*rows, strict=True), strict=True)) if rows else {}
+    arrays = []
+    for f in _RAW_SCHEMA:
+        values = columns.get(f.name)
+        arrays.append(pa.nulls(n, f.type) if values is None else pa.array(values, f.type))
+    return pa.Table.from_arrays(arrays, schema=_RAW_SCHEMA)
 
 
-def metrics_map(texts: pa.ChunkedArray, is_null: pa.ChunkedArray) -> pa.Array:
-    """JSON objects (one per row, each ending in a newline) → ``map<string, double>``.
+def metrics_map(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """JSON object text per row (null allowed) → ``map<string, double>``.
 
     pyarrow's JSON reader parses the whole column at once into a struct (one field per
-    metric name); the struct is then folded into a map with numpy.
+    metric name); numpy then folds the struct into a map.
     """
     n = len(texts)
-    null_mask = pa.array(is_null.to_numpy() != 0) if n else pa.array([], pa.bool_())
     if n == 0:
         return pa.array([], type=_METRICS)
-    large = texts.combine_chunks().cast(pa.large_string())
-    offsets = np.frombuffer(large.buffers()[1], dtype=np.int64)[large.offset : large.offset + n + 1]
-    data = large.buffers()[2]
-    body = data.slice(int(offsets[0]), int(offsets[-1] - offsets[0])) if data is not None else b""
+    null_mask = texts.is_null()
+    if isinstance(null_mask, pa.ChunkedArray):
+        null_mask = null_mask.combine_chunks()
+    if texts.null_count == n:
+        return pa.nulls(n, _METRICS)
+    body = "\n".join(t if t is not None else "{}" for t in texts.to_pylist()).encode()
     try:
-        struct = pj.read_json(pa.BufferReader(body)) if len(body) else pa.table({})
+        struct = pj.read_json(pa.BufferReader(body))
         if struct.num_rows != n:
             raise ValueError(f"{struct.num_rows} objects for {n} rows")
         names = struct.column_names
-        values = np.column_stack(
-            [pc.fill_null(c.cast(pa.float64()), np.nan).to_numpy() for c in struct.columns]
-        ) if names else np.zeros((n, 0))  # fmt: skip
-        valid = np.column_stack(
-            [c.is_valid().to_numpy(zero_copy_only=False) for c in struct.columns]
-        ) if names else np.zeros((n, 0), dtype=bool)  # fmt: skip
+        k = len(names)
+        values = np.zeros((n, k))
+        valid = np.zeros((n, k), dtype=bool)
+        for j, col in enumerate(struct.columns):
+            values[:, j] = pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy()
+            valid[:, j] = col.is_valid().to_numpy(zero_copy_only=False)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         # nested values or odd numbers the fast reader will not fold: slow but exact
         log.debug("fast metrics parse failed (%s); parsing row by row", exc)
-        return _metrics_slow(large, null_mask)
+        return _metrics_slow(texts, null_mask)
     counts = valid.sum(axis=1)
     offs = np.zeros(n + 1, dtype=np.int32)
     np.cumsum(counts, out=offs[1:])
@@ -128,7 +108,7 @@ def metrics_map(texts: pa.ChunkedArray, is_null: pa.ChunkedArray) -> pa.Array:
     return pa.MapArray.from_arrays(pa.array(offs), keys, items, type=_METRICS, mask=null_mask)
 
 
-def _metrics_slow(texts: pa.Array, null_mask: pa.Array) -> pa.Array:
+def _metrics_slow(texts: pa.ChunkedArray | pa.Array, null_mask: pa.Array) -> pa.Array:
     out: list[list[tuple[str, float]] | None] = []
     for text, null in zip(texts.to_pylist(), null_mask.to_pylist(), strict=True):
         if null:
@@ -197,7 +177,7 @@ def to_batch_rows(
         "lat": raw["lat"],
         "lon": raw["lon"],
         "geohash": geohashes(raw["lat"], raw["lon"], raw["device_id"], registry),
-        "metrics": metrics_map(raw["metrics"], raw["metrics_null"]),
+        "metrics": metrics_map(raw["metrics"]),
         "detail": raw["detail"],
     }
     return pa.Table.from_arrays([columns[f.name] for f in BATCH_SCHEMA], schema=BATCH_SCHEMA)

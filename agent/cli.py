@@ -1,4 +1,4 @@
-"""``fleetpulse agent run|status``: the agent's commands; errors become one line on stderr."""
+"""``fleetpulse agent run|status|flush|kpis``: the agent's commands; errors: one line on stderr."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def register(subs: Any, name: str, help_text: str) -> None:
-    """Add ``agent run`` and ``agent status`` to the top-level parser."""
+    """Add ``agent run``, ``status``, ``flush`` and ``kpis`` to the top-level parser."""
     p = subs.add_parser(name, help=help_text, description=help_text)
     commands = p.add_subparsers(dest="agent_command", metavar="COMMAND")
     p.set_defaults(handler=lambda args: _no_command(p))
@@ -56,6 +56,31 @@ def register(subs: Any, name: str, help_text: str) -> None:
     _add_config(status)
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.set_defaults(handler=cmd_status)
+
+    flush = commands.add_parser(
+        "flush",
+        help="run the DAG, export and upload now (exit 1 with the reason if central "
+        "cannot take the batches)",
+        description="Run the local KPI DAG, export every new reading and observation "
+        "interval to a Parquet batch, and upload every waiting batch now, ignoring the "
+        "backoff. Safe while the agent runs. Exit 0 when the outbox is empty afterwards, "
+        "1 with the reason when a batch could not be uploaded or was flagged.",
+    )
+    _add_config(flush)
+    flush.add_argument("--json", action="store_true", help="print one JSON object")
+    flush.set_defaults(handler=cmd_flush)
+
+    kpis = commands.add_parser(
+        "kpis",
+        help="show the local per-device, per-day uptime view",
+        description="Show the KPI rows the local DAG computed (DESIGN §4): up/down/unknown "
+        "seconds, device_uptime and connectivity_ratio per device and UTC day.",
+    )
+    _add_config(kpis)
+    kpis.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    kpis.add_argument("--day", metavar="YYYY-MM-DD", help="only this UTC day")
+    kpis.add_argument("--device", metavar="ID", help="only this device")
+    kpis.set_defaults(handler=cmd_kpis)
 
 
 def _no_command(p: argparse.ArgumentParser) -> int:
@@ -100,4 +125,97 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
     else:
         print(format_text(status))
+    return 0
+
+
+def cmd_flush(args: argparse.Namespace) -> int:
+    """``agent flush``: DAG, export, upload now."""
+    from .scheduler import Stages
+
+    try:
+        cfg = _load(args)
+        stages = Stages(cfg)
+    except AgentError as exc:
+        return _fail("flush", exc)
+    try:
+        res = stages.flush()
+        waiting = stages.uploader.conn.execute(
+            "SELECT count(*) FROM batches WHERE state IN ('exported', 'reserved')"
+        ).fetchone()[0]
+    except AgentError as exc:
+        return _fail("flush", exc)
+    finally:
+        stages.close()
+    up = res.upload
+    assert up is not None
+    summary = {
+        "kpi_rows": res.dag_rows,
+        "exported": res.exported,
+        "uploaded": up.uploaded,
+        "flagged": [{"batch_id": b, "status": s, "reason": r} for b, s, r in up.flagged],
+        "waiting_batches": waiting,
+        "error": up.error or (up.skipped if waiting else None),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"DAG: {res.dag_rows} KPI rows; exported {len(res.exported)} batch(es); "
+            f"uploaded {len(up.uploaded)}; flagged {len(up.flagged)}; waiting {waiting}"
+        )
+    if up.flagged:
+        bid, status, reason = up.flagged[0]
+        print(f"fleetpulse agent flush: central refused batch {bid} ({status}): {reason}; "
+              "it is flagged (see agent status)", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    if waiting:
+        why = up.error or up.skipped or "unknown reason"
+        print(f"fleetpulse agent flush: {waiting} batch(es) not uploaded: {why}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+def cmd_kpis(args: argparse.Namespace) -> int:
+    """``agent kpis``: the local KPI rows."""
+    from .buffer import open_readonly
+    from .errors import StoreError
+
+    cols = ("day", "device_id", "site", "up_s", "down_s", "unknown_s", "device_uptime",
+            "connectivity_ratio", "eligible_s", "heartbeat_s")  # fmt: skip
+    try:
+        cfg = _load(args)
+        conn = open_readonly(cfg.db_path)
+        where, params = [], []
+        if args.day:
+            where.append("day = ?")
+            params.append(args.day)
+        if args.device:
+            where.append("device_id = ?")
+            params.append(args.device)
+        sql = f"SELECT {', '.join(cols)} FROM kpis"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        try:
+            rows = conn.execute(sql + " ORDER BY day, device_id", params).fetchall()
+        except Exception as exc:
+            raise StoreError(f"cannot read the KPI rows of {cfg.db_path}: {exc}") from exc
+        finally:
+            conn.close()
+    except AgentError as exc:
+        return _fail("kpis", exc)
+    records = [dict(zip(cols, r, strict=True)) for r in rows]
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    if not records:
+        print("no KPI rows yet: the DAG runs every [schedule] dag_interval_s, or run "
+              "fleetpulse agent flush")  # fmt: skip
+        return 0
+    print(f"{'day':<10}  {'device_id':<20} {'site':<12} {'up_s':>9} {'down_s':>9} "
+          f"{'unknown_s':>9} {'uptime':>7} {'conn':>6}")  # fmt: skip
+    for r in records:
+        up = "-" if r["device_uptime"] is None else f"{r['device_uptime']:.4f}"
+        cr = "-" if r["connectivity_ratio"] is None else f"{r['connectivity_ratio']:.3f}"
+        print(f"{r['day']:<10}  {r['device_id']:<20} {r['site'] or '-':<12} {r['up_s']:>9.0f} "
+              f"{r['down_s']:>9.0f} {r['unknown_s']:>9.0f} {up:>7} {cr:>6}")  # fmt: skip
     return 0

@@ -177,7 +177,7 @@ def build_table(
     from . import arrowio
     from .registry import locations
 
-    raw = arrowio.read_readings(db_path, conn, first_id, last_id)
+    raw = arrowio.read_readings(conn, first_id, last_id)
     obs = conn.execute(
         "SELECT start_ms, end_ms FROM batch_observations WHERE seq = ? ORDER BY start_ms, end_ms",
         (seq,),

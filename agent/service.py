@@ -1,7 +1,11 @@
 """The agent's run loop: connect, subscribe, ingest, reconnect with backoff, stop cleanly.
 
-One thread does everything (paho's ``loop()``, decoding, SQLite commits, acks), so there
+One thread does the ingest (paho's ``loop()``, decoding, SQLite commits, acks), so there
 are no locks and the order "COMMIT, then PUBACK in arrival order" holds by construction.
+The background stages (DAG, export, upload, disk budget; agent/scheduler.py) run on
+scheduler threads with their own connections, and metrics on their own HTTP thread; the
+only thing they tell the ingest loop is "the disk budget is exhausted": then it stops
+committing and acknowledging, so the broker keeps the messages, until space returns.
 ``stop()`` may be called from a signal handler or another thread; the loop notices within
 ``IDLE_POLL_S``.
 """
@@ -17,6 +21,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
+import httpx
 import paho.mqtt.client as mqtt
 
 from schemas import Reading, decode
@@ -25,8 +30,10 @@ from .buffer import Buffer
 from .config import AgentConfig, check_files
 from .errors import AgentError, BrokerError, StoreError
 from .ingest import FATAL_CONNACK, Batcher, Decoder, make_client, subscriptions
+from .metrics import MetricsServer, gather
 from .mqttio import BufferedClient
 from .notify import Notifier
+from .scheduler import Scheduler, Stages
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +77,16 @@ class Service:
         notifier: Notifier | None = None,
         decoder: Decoder = decode,
         on_acked: Callable[[Sequence[Reading], Sequence[tuple[int, int]]], None] | None = None,
+        background: bool = True,
+        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.cfg = cfg
+        self._background = background
+        self._transport = transport
+        self.stages: Stages | None = None
+        self.scheduler: Scheduler | None = None
+        self.metrics: MetricsServer | None = None
+        self._was_paused = False
         self._client_factory = client_factory
         self._clock_ms = clock_ms
         self._mono = monotonic
@@ -140,6 +155,8 @@ class Service:
         )
         self.client = self._client_factory(self.cfg)
         self._wire(self.client)
+        if self._background:
+            self._start_background()
         log.info(
             "agent %s: buffer %s, broker %s:%d, client id %r, topics %s",
             self.cfg.gateway_id,
@@ -156,6 +173,37 @@ class Service:
         if self._fatal is not None:
             raise self._fatal
 
+    def _start_background(self) -> None:
+        self.stages = Stages(self.cfg, transport=self._transport, clock_ms=self._clock_ms)
+        try:
+            # before the first message: a full disk must hold acks from the start
+            self.stages.check_disk()
+        except AgentError as exc:
+            log.error("disk check: %s", exc)
+        self.scheduler = Scheduler(self.stages)
+        self.scheduler.start()
+        address = self.cfg.metrics_address
+        if address is not None:
+            self.metrics = MetricsServer(address, self._metrics, self._healthy)
+            if not self.metrics.start():
+                self.metrics = None
+
+    def _metrics(self) -> list[Any]:
+        b = self.batcher
+        counters = {} if b is None else {
+            "received": b.received, "stored": b.stored, "duplicates": b.duplicates,
+            "quarantined": b.quarantined,
+        }  # fmt: skip
+        return gather(self.cfg.db_path, counters, self.stages, self.subscribed, self._clock_ms())
+
+    def _healthy(self) -> bool:
+        return not self._store_failing and self._fatal is None
+
+    @property
+    def paused(self) -> bool:
+        """True while the disk budget is exhausted and ``on_full`` is backpressure."""
+        return self.stages is not None and self.stages.disk.full.is_set()
+
     def _loop(self) -> None:
         assert self.client is not None and self.batcher is not None
         client, batcher = self.client, self.batcher
@@ -169,16 +217,34 @@ class Service:
                     continue
                 self._try_connect(now)
                 continue
-            rc = self._pump(client, batcher.seconds_until_due(now, IDLE_POLL_S))
+            paused = self._check_paused()
+            # paused: no commit, no ack; the broker stops at its in-flight window and keeps
+            # the rest queued, and the socket is still read so keepalive answers arrive
+            timeout = IDLE_POLL_S if paused else batcher.seconds_until_due(now, IDLE_POLL_S)
+            rc = self._pump(client, timeout)
             now = self._mono()
             if rc == mqtt.MQTT_ERR_SUCCESS and now - last_misc >= MISC_EVERY_S:
                 rc = client.loop_misc()
                 last_misc = now
-            if batcher.due(now) and now >= self._store_retry_at:
+            if batcher.due(now) and now >= self._store_retry_at and not paused:
                 self._flush(now)
             if rc != mqtt.MQTT_ERR_SUCCESS or self._lost:
                 self._connection_lost(rc)
             self._housekeeping(now)
+
+    def _check_paused(self) -> bool:
+        paused = self.paused
+        if paused != self._was_paused:
+            self._was_paused = paused
+            if paused:
+                log.error(
+                    "disk budget exhausted: holding %d message(s) unacknowledged; the broker "
+                    "keeps the rest until space returns (see [storage] in docs/agent.md)",
+                    self.batcher.pending if self.batcher else 0,
+                )
+            else:
+                log.info("disk space is back: committing and acknowledging again")
+        return paused
 
     def _pump(self, client: BufferedClient, timeout: float) -> int:
         """Wait for the socket (unless input is already buffered), then read packets.
@@ -203,6 +269,8 @@ class Service:
             if not readable:
                 return mqtt.MQTT_ERR_SUCCESS
         batch_max = self.batcher.batch_max
+        if self.paused and self.batcher.pending >= batch_max:
+            batch_max = 1  # read control packets; the broker's window bounds the rest
         for _ in range(batch_max):
             rc = client.loop_read()
             if rc != mqtt.MQTT_ERR_SUCCESS:
@@ -319,7 +387,12 @@ class Service:
     def _shutdown(self) -> None:
         client, batcher = self.client, self.batcher
         try:
-            if batcher is not None and batcher.pending and client is not None:
+            if self.scheduler is not None:
+                self.scheduler.stop()
+            if self.metrics is not None:
+                self.metrics.stop()
+            # held back by a full disk: not committed, not acked; the broker redelivers them
+            if batcher is not None and batcher.pending and client is not None and not self.paused:
                 self._flush(self._mono())
             if client is not None and self._socket_open:
                 # Let the acks leave before the DISCONNECT.
@@ -330,6 +403,8 @@ class Service:
                 client.disconnect()
                 _drain_writes(client, 0.2)
         finally:
+            if self.stages is not None:
+                self.stages.close()
             if self.buffer is not None:
                 self.buffer.close()
             b = self.batcher

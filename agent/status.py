@@ -12,6 +12,8 @@ from schemas import utc_from_ms
 from .buffer import META_UPLOADED_UPTO, open_readonly
 from .errors import StoreError
 
+_BATCH_STATES = ("reserved", "exported", "uploaded", "flagged", "dropped")
+
 
 def _iso(ms: int | None) -> str | None:
     return None if ms is None else utc_from_ms(ms).isoformat().replace("+00:00", "Z")
@@ -52,6 +54,19 @@ def collect(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
                 " ORDER BY id DESC LIMIT 1"
             ).fetchone()
             last_received = conn.execute("SELECT max(received_ms) FROM readings").fetchone()[0]
+            states = dict(
+                conn.execute("SELECT state, count(*) FROM batches GROUP BY state").fetchall()
+            )
+            flagged = conn.execute(
+                "SELECT batch_id, http_status, last_error FROM batches WHERE state = 'flagged'"
+                " ORDER BY seq LIMIT 20"
+            ).fetchall()
+            waiting = conn.execute(
+                "SELECT coalesce(sum(bytes), 0), min(created_ms), max(last_error) FROM batches"
+                " WHERE state = 'exported'"
+            ).fetchone()
+            last_upload = conn.execute("SELECT max(uploaded_ms) FROM batches").fetchone()[0]
+            dropped = conn.execute("SELECT value FROM meta WHERE key = 'dropped_rows'").fetchone()
         finally:
             conn.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -73,6 +88,14 @@ def collect(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
         "last_alive_ts": _iso(open_row[1]) if open_row else None,
         "observation_intervals": intervals,
         "observed_seconds": observed_ms / 1000,
+        "batches": {k: states.get(k, 0) for k in _BATCH_STATES},
+        "outbox_bytes": waiting[0],
+        "oldest_waiting_batch_ts": _iso(waiting[1]),
+        "last_upload_error": waiting[2],
+        "last_upload_ts": _iso(last_upload),
+        # 409 and other refusals: kept for an operator, never retried blindly
+        "flagged_batches": [{"batch_id": b, "status": st, "reason": r} for b, st, r in flagged],
+        "dropped_rows": int(dropped[0]) if dropped else 0,
     }
 
 
@@ -89,6 +112,12 @@ def format_text(status: dict[str, Any]) -> str:
     """The human form of ``agent status``: one ``key: value`` per line."""
     lines = []
     for key, value in status.items():
+        if key == "flagged_batches":
+            for item in value:
+                lines.append(f"  FLAGGED {item['batch_id']}  {item['status']}  {item['reason']}")
+            continue
+        if key == "batches":
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
         if key == "quarantine_top_reasons":
             for item in value:
                 lines.append(f"  quarantined {item['count']:>8}  {item['reason']}")
