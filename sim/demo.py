@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from .demo_procs import (
     wait_until,
 )
 from .errors import SimError
+from .messages import estimated_messages
 from .publish import parse_broker_url
 from .run import Plan, Progress, SimResult, prepare, publish_plan
 
@@ -348,20 +350,6 @@ def _subscribed(db: Path) -> bool:
         return False
 
 
-def _upload_keys(central_url: str, token_file: Path | None, registry: Path) -> dict[str, Any]:
-    from agent.config import AgentConfig
-
-    # TRANSITIONAL: [central]/[registry] land with `agent flush`; drop this check then.
-    if "central" not in AgentConfig.model_fields:
-        return {}
-    return {
-        "central_url": central_url,
-        "token_file": token_file,
-        "registry": registry,
-        "metrics_port": free_port(),
-    }
-
-
 def start_agents(
     work: Path,
     plan: Plan,
@@ -392,7 +380,10 @@ def start_agents(
                 username=addr.username,
                 password_file=password_file,
                 protocol=broker.protocol,
-                **_upload_keys(central_url, tokens.get(gw), plan.out_dir / "registry.csv"),
+                central_url=central_url,
+                token_file=tokens.get(gw),
+                registry=plan.out_dir / "registry.csv",
+                metrics_port=free_port(),
             )
         )
         agents.append(Agent(gw, topics, cfg, home / "data" / "agent.sqlite3"))
@@ -481,12 +472,21 @@ def flush_agents(agents: list[Agent], timeout: float = 300) -> None:
         )
 
 
+def sim_days(sim_dir: Path) -> tuple[date, date]:
+    """The first and last simulated UTC day (truth/scenario.json)."""
+    scenario = json.loads((sim_dir / "truth" / "scenario.json").read_text(encoding="utf-8"))
+    start = datetime.fromisoformat(scenario["start"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(scenario["end"].replace("Z", "+00:00"))
+    return start.date(), (end - timedelta(seconds=1)).date()
+
+
 def summary_lines(gold_dir: Path, sim_dir: Path) -> list[str]:
     """Fleet uptime per day (with truth), the worst firmware and sites, where to look next."""
     from central.report import load_gold, summarize
     from central.report.summary import pct
 
-    s = summarize(load_gold(gold_dir))
+    first, last = sim_days(sim_dir)
+    s = summarize(load_gold(gold_dir, since=first, until=last))
     scenario = json.loads((sim_dir / "truth" / "scenario.json").read_text(encoding="utf-8"))
     truth = scenario["truth"]["fleet_uptime_by_day"]
     lines = ["fleet uptime per day (pipeline | simulator's truth):"]
@@ -540,7 +540,7 @@ def run_demo(opts: Options, emit: Callback) -> DemoResult:
                 days=opts.days,
                 seed=opts.seed,
             )
-            est = plan.scenario.expected_messages_per_device_day() * plan.device_days
+            est = estimated_messages(plan.specs, plan.scenario)
             emit(
                 Event(
                     "note",
@@ -591,9 +591,23 @@ def run_demo(opts: Options, emit: Callback) -> DemoResult:
             )
         with stage("report"):
             report = work / "report.html"
+            # the simulated days only: gold also holds the real days the agents were
+            # listening, when the (simulated) fleet was silent (docs/demo.md)
+            first, last = sim_days(sim_dir)
             _run_cli(
                 "report",
-                ["central", "report", "--config", str(cfg), "--out", str(report)],
+                [
+                    "central",
+                    "report",
+                    "--config",
+                    str(cfg),
+                    "--out",
+                    str(report),
+                    "--since",
+                    first.isoformat(),
+                    "--until",
+                    last.isoformat(),
+                ],
                 work / "central" / "report.log",
                 300,
             )

@@ -66,14 +66,26 @@ def test_agent_config_the_demo_writes_loads(tmp_path: Path) -> None:
     assert cfg.mqtt.username == "u"
 
 
-def test_agent_config_with_upload_keys_loads_when_the_agent_has_them(tmp_path: Path) -> None:
-    keys = demo._upload_keys("http://127.0.0.1:9", tmp_path / "tok", tmp_path / "reg.csv")
-    if not keys:
-        pytest.skip("this agent has no [central] section yet (agent flush not merged)")
-    text = demo.agent_toml("gw-1", tmp_path, "127.0.0.1", 1883, ["fleet/#"], **keys)
+def test_agent_config_with_upload_keys_loads(tmp_path: Path) -> None:
+    text = demo.agent_toml(
+        "gw-1",
+        tmp_path,
+        "127.0.0.1",
+        1883,
+        ["fleet/#"],
+        central_url="http://127.0.0.1:9",
+        token_file=tmp_path / "tok",
+        registry=tmp_path / "reg.csv",
+        metrics_port=9200,
+        protocol="mqttv311",
+    )
     (tmp_path / "agent.toml").write_text(text)
     cfg = load_agent_config(tmp_path / "agent.toml", environ={})
-    assert cfg.central.url == "http://127.0.0.1:9"  # type: ignore[attr-defined]
+    assert cfg.central.url == "http://127.0.0.1:9"
+    assert cfg.central.token_file == tmp_path / "tok"
+    assert cfg.registry.path == tmp_path / "reg.csv"
+    assert cfg.metrics_listen == "127.0.0.1:9200"
+    assert cfg.mqtt.protocol == "mqttv311"
 
 
 def test_central_config_the_demo_writes_loads(tmp_path: Path) -> None:
