@@ -25,6 +25,7 @@ from .demo_procs import (
     Child,
     StageFailed,
     amqtt_available,
+    die_with_parent,
     fleetpulse_argv,
     free_port,
     mosquitto_binary,
@@ -220,6 +221,7 @@ def _run_cli(stage: str, args: list[str], log_path: Path, timeout: float) -> str
             timeout=timeout,
             env=child_env(),
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
     except subprocess.TimeoutExpired as exc:
         raise StageFailed(

@@ -64,7 +64,8 @@ def wait_until(
     raise StageFailed(stage, f"timed out after {timeout:.0f} s waiting for {what}")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (Linux; else nothing)."""
     # Runs in the child between fork and exec: ask the kernel for SIGTERM when the demo dies,
     # even by SIGKILL, so a killed demo leaves no broker or agent running.
     with contextlib.suppress(Exception):
@@ -119,7 +120,7 @@ def start_child(
             stderr=fh,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+            preexec_fn=die_with_parent if sys.platform == "linux" else None,
         )
     return Child(name, proc, log_path)
 
