@@ -195,3 +195,18 @@ def test_accuracy_passes_within_the_bars() -> None:
     assert a.device_day_mae_pts == pytest.approx(0.05)
     assert a.passed
     assert not compare(gold, truth, fw, "1.0").passed  # the wrong firmware is not lowest
+
+
+def test_every_demo_flag_is_documented() -> None:
+    import argparse
+
+    from sim.demo_cli import register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers(), "demo", "demo")
+    sub = parser._subparsers._group_actions[0].choices["demo"]  # type: ignore[union-attr]
+    doc = (ROOT / "docs" / "demo.md").read_text(encoding="utf-8")
+    flags = [s for a in sub._actions for s in a.option_strings if s.startswith("--")]
+    assert {"--out", "--broker", "--devices", "--days", "--seed"} <= set(flags)
+    undocumented = [f for f in flags if f != "--help" and f"`{f}" not in doc]
+    assert undocumented == []
