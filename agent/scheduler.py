@@ -150,6 +150,8 @@ class Scheduler:
 
         # one line per job run at INFO is noise on a gateway's journal
         logging.getLogger("apscheduler").setLevel(logging.WARNING)
+        # httpx logs every request at INFO; the uploader logs what matters itself
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.stages = stages
         cfg = stages.cfg.schedule
         self._sched = BackgroundScheduler(
