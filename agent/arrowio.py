@@ -28,6 +28,8 @@ from .errors import StoreError
 log = logging.getLogger(__name__)
 
 GEOHASH_PRECISION = 6
+# Rows turned into Python objects at once while reading a batch (bounds peak memory).
+READ_CHUNK = 16_384
 _RAW_SCHEMA = pa.schema(
     [
         ("ts_ms", pa.int64()), ("received_ms", pa.int64()), ("seq", pa.int64()),
@@ -57,16 +59,20 @@ def read_readings(conn: sqlite3.Connection, first_id: int, last_id: int) -> pa.T
             c for c, n in zip(_SPARSE, present, strict=True) if n
         ]
         sql = f"SELECT {', '.join(wanted)} FROM readings WHERE id BETWEEN ? AND ? ORDER BY id"
-        rows = conn.execute(sql, rng).fetchall()
+        cur = conn.execute(sql, rng)
+        # chunks: the Python objects of one chunk at a time, not of the whole batch
+        chunks = []
+        while rows := cur.fetchmany(READ_CHUNK):
+            columns = dict(zip(wanted, zip(*rows, strict=True), strict=True))
+            n = len(rows)
+            arrays = []
+            for f in _RAW_SCHEMA:
+                values = columns.get(f.name)
+                arrays.append(pa.nulls(n, f.type) if values is None else pa.array(values, f.type))
+            chunks.append(pa.RecordBatch.from_arrays(arrays, schema=_RAW_SCHEMA))
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read readings {first_id}..{last_id}: {exc}") from exc
-    n = len(rows)
-    columns = dict(zip(wanted, zip(*rows, strict=True), strict=True)) if rows else {}
-    arrays = []
-    for f in _RAW_SCHEMA:
-        values = columns.get(f.name)
-        arrays.append(pa.nulls(n, f.type) if values is None else pa.array(values, f.type))
-    return pa.Table.from_arrays(arrays, schema=_RAW_SCHEMA)
+    return pa.Table.from_batches(chunks, schema=_RAW_SCHEMA).combine_chunks()
 
 
 def metrics_map(texts: pa.ChunkedArray | pa.Array) -> pa.Array:

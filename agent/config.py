@@ -161,7 +161,7 @@ class CentralConfig(BaseModel):
     )
     timeout_s: float = Field(30.0, gt=0, le=3600, description="one upload request at most")
     batch_max_rows: int = Field(
-        100_000, ge=1, le=10_000_000, description="rows per batch at most (central's limit)"
+        50_000, ge=1, le=10_000_000, description="rows per batch at most (central's limit)"
     )
     retry_max_s: float = Field(
         300.0, gt=0, le=86_400, description="ceiling of the upload backoff (full jitter)"

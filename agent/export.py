@@ -28,8 +28,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from schemas.batch import batch_id
-
 from .buffer import META_EXPORTED_UPTO, get_meta, set_meta
 from .errors import ExportError, StoreError
 from .faults import fault_point
@@ -137,6 +135,8 @@ def _reserve(
         latest = conn.execute("SELECT max(created_ms) FROM batches").fetchone()[0]
         if not force_observations and latest is not None and now_ms - latest < OBS_ONLY_EVERY_MS:
             return None
+    from schemas.batch import batch_id  # pyarrow: loaded by the first export, not by ingest
+
     seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()[0]) + 1
     bid = batch_id(gateway_id, seq)
     path = outbox / f"{bid}.parquet"
@@ -198,7 +198,7 @@ def write_file(table: pa.Table, path: Path, gateway_id: str, seq: int) -> tuple[
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, **PARQUET_WRITE_OPTIONS)  # type: ignore[arg-type]
+            pq.write_table(table, fh, **PARQUET_WRITE_OPTIONS)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -293,8 +293,8 @@ def export_pending(
         ).fetchall()
         for seq, bid, first, last, path in stale:
             log.warning("batch %s was reserved but not written (crash?): writing it now", bid)
-            r = Reserved(seq, bid, first, last, Path(path))
-            done.append(_write_and_mark(db_path, conn, gateway_id, r, clock_ms()))
+            stale_batch = Reserved(seq, bid, first, last, Path(path))
+            done.append(_write_and_mark(db_path, conn, gateway_id, stale_batch, clock_ms()))
         while len(done) < max_batches:
             r = reserve(conn, gateway_id, outbox, max_rows, clock_ms(),
                         force_observations=force_observations)  # fmt: skip
@@ -302,6 +302,11 @@ def export_pending(
                 break
             force_observations = False
             done.append(_write_and_mark(db_path, conn, gateway_id, r, clock_ms()))
+    if done:
+        import pyarrow as pa
+
+        # give the batch's buffers back to the OS: a gateway has little memory to spare
+        pa.default_memory_pool().release_unused()
     for b in done:
         log.info("exported %s: %d readings, %d observation intervals, %d bytes",
                  b.batch_id, b.readings, b.observations, b.bytes)  # fmt: skip

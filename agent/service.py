@@ -19,9 +19,8 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import paho.mqtt.client as mqtt
 
 from schemas import Reading, decode
@@ -30,10 +29,14 @@ from .buffer import Buffer
 from .config import AgentConfig, check_files
 from .errors import AgentError, BrokerError, StoreError
 from .ingest import FATAL_CONNACK, Batcher, Decoder, make_client, subscriptions
-from .metrics import MetricsServer, gather
 from .mqttio import BufferedClient
 from .notify import Notifier
-from .scheduler import Scheduler, Stages
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .metrics import MetricsServer
+    from .scheduler import Scheduler, Stages
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +177,10 @@ class Service:
             raise self._fatal
 
     def _start_background(self) -> None:
+        # imported here: a Service without background stages (tests, tools) stays light
+        from .metrics import MetricsServer
+        from .scheduler import Scheduler, Stages
+
         self.stages = Stages(self.cfg, transport=self._transport, clock_ms=self._clock_ms)
         try:
             # before the first message: a full disk must hold acks from the start
@@ -189,6 +196,8 @@ class Service:
                 self.metrics = None
 
     def _metrics(self) -> list[Any]:
+        from .metrics import gather
+
         b = self.batcher
         counters = {} if b is None else {
             "received": b.received, "stored": b.stored, "duplicates": b.duplicates,
