@@ -45,13 +45,13 @@ def script(files: Sequence[str], days: Sequence[date], gap_k: float, target: flo
         "SET TimeZone = 'UTC'",
         "SET preserve_insertion_order = false",
         f"CREATE TEMP TABLE days AS SELECT * FROM (VALUES {day_rows}) v(day_idx, day)",
-        f"""CREATE TEMP TABLE raw AS
+        f"""CREATE TEMP VIEW raw AS
         SELECT r.record_type, r.gateway_id, r.device_id, r.site, r.kind, r.state, r.event_type,
                epoch_ms(r.ts) AS ts_ms, epoch_ms(coalesce(r.received_at, r.ts)) AS recv_ms,
                epoch_ms(r.end_ts) AS end_ms, coalesce(r.seq, -1) AS seq,
                regexp_extract(r.filename, '([^/\\\\]+)\\.parquet$', 1) AS batch_id
         FROM read_parquet({file_list}, filename = true, union_by_name = true) r""",
-        """CREATE TEMP TABLE rows AS
+        """CREATE TEMP VIEW rows AS
         SELECT r.*, b.ingested_at,
           CASE WHEN ts_ms - recv_ms > 300000 THEN recv_ms ELSE ts_ms END AS event_ms,
           CASE WHEN kind = 'status' AND state = 'offline' THEN 1 ELSE 0 END AS is_offline,
@@ -66,9 +66,11 @@ def script(files: Sequence[str], days: Sequence[date], gap_k: float, target: flo
             WHEN record_type = 'observation' AND end_ms < ts_ms THEN 'order'
           END AS reason
         FROM raw r JOIN batches b USING (batch_id)""",
-        """CREATE TEMP TABLE readings AS
+        """CREATE TEMP VIEW readings AS
         SELECT * FROM rows WHERE record_type = 'reading' AND reason IS NULL""",
-        """CREATE TEMP TABLE bronze AS SELECT * FROM readings
+        """CREATE TEMP TABLE bronze AS
+        SELECT device_id, site, kind, ts_ms, seq, event_ms, is_offline, gateway_id, batch_id,
+          ingested_at FROM readings
         QUALIFY row_number() OVER (PARTITION BY device_id, kind, ts_ms, seq
           ORDER BY recv_ms, gateway_id, batch_id, site, state, event_type) = 1""",
         """CREATE TEMP TABLE obs AS SELECT DISTINCT gateway_id, ts_ms::DOUBLE AS s, end_ms::DOUBLE AS e
@@ -90,7 +92,9 @@ def script(files: Sequence[str], days: Sequence[date], gap_k: float, target: flo
             greatest(k.day_idx * 86400000.0, d.comm_ms) AS e0,
             least(k.day_idx * 86400000.0 + 86400000.0, d.decomm_ms) AS e1, d.h_ms
           FROM devices d CROSS JOIN days k) WHERE e1 > e0""",
-        "CREATE TEMP TABLE dg AS SELECT DISTINCT device_id, gateway_id FROM readings",
+        """CREATE TEMP TABLE gw_readings AS
+        SELECT DISTINCT gateway_id, device_id, event_ms FROM readings""",
+        "CREATE TEMP TABLE dg AS SELECT DISTINCT device_id, gateway_id FROM gw_readings",
         """CREATE TEMP TABLE hmax AS SELECT gateway_id, max(coalesce(d.h_ms, 30000.0)) AS hmax
         FROM dg LEFT JOIN devices d USING (device_id) GROUP BY gateway_id""",
         """CREATE TEMP TABLE gw_from_readings AS
@@ -99,7 +103,7 @@ def script(files: Sequence[str], days: Sequence[date], gap_k: float, target: flo
           FROM (
             SELECT gateway_id, t, hmax,
               CASE WHEN lag(t) OVER w IS NULL OR t > lag(t) OVER w + 2 * hmax THEN 1 ELSE 0 END AS starts
-            FROM (SELECT DISTINCT gateway_id, event_ms::DOUBLE AS t FROM readings)
+            FROM (SELECT DISTINCT gateway_id, event_ms::DOUBLE AS t FROM gw_readings)
             JOIN hmax USING (gateway_id)
             WINDOW w AS (PARTITION BY gateway_id ORDER BY t)))
         GROUP BY gateway_id, isl""",

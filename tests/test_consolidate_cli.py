@@ -64,9 +64,9 @@ def test_consolidate_then_runs_lists_the_lineage(landed: tuple[Path, Path]) -> N
     assert record["inputs"]["sources"]["alerts"]["sha256"]
     steps = {s["name"]: s for s in record["pipeline"]["steps"]}
     bronze = steps["bronze"]
-    assert bronze["output"]["rows"] < bronze["inputs"]["ranked_readings"]["rows"]  # dedup
+    assert bronze["output"]["rows"] < bronze["inputs"]["valid_readings"]["rows"]  # dedup
     assert "batch_id" in bronze["output"]["schema"] and "ingested_at" in bronze["output"]["schema"]
-    assert bronze["duration_s"] >= 0 and bronze["schema_diff"]["ranked_readings"]["removed"]
+    assert bronze["duration_s"] >= 0 and bronze["schema_diff"]["valid_readings"]["removed"]
     assert {g["gate"] for g in record["pipeline"]["gates"]} >= {
         "kpi_in_range",
         "time_adds_up",

@@ -95,12 +95,16 @@ def alerts(engine: Engine, alerts_rows: pa.Table) -> Relation:
 
 def batch_rows(engine: Engine, landed: Relation, batches: Relation) -> Relation:
     """Landed rows with their lineage columns (batch id, ingest time, uploading gateway)."""
-    return _v(engine, "batch_rows", B.batch_rows(landed.table, batches.table))
+    # Every landed file belongs to a listed batch, so the join keeps every row: no query
+    # is needed to count them.
+    return Relation(B.batch_rows(landed.table, batches.table), landed.num_rows, "batch_rows")
 
 
 def normalized(engine: Engine, batch_rows: Relation) -> Relation:
     """Rows with epoch-ms times, event time, skew flag and the reason if invalid."""
-    return _m(engine, "normalized", B.normalized(batch_rows.table))
+    # A view, not stored: at 10M rows a wide copy costs more memory and time than the
+    # few scans of the landed files that read it (same row count as batch_rows).
+    return Relation(B.normalized(batch_rows.table), batch_rows.num_rows, "normalized")
 
 
 def quarantine_rows(engine: Engine, normalized: Relation, alerts: Relation) -> Relation:
@@ -119,14 +123,9 @@ def gateway_readings(engine: Engine, valid_readings: Relation) -> Relation:
     return _m(engine, "gateway_readings", B.gateway_readings(valid_readings.table))
 
 
-def ranked_readings(engine: Engine, valid_readings: Relation) -> Relation:
-    """Valid readings ranked among the copies of their dedup key."""
-    return _m(engine, "ranked_readings", B.ranked_readings(valid_readings.table))
-
-
-def bronze(engine: Engine, ranked_readings: Relation) -> Relation:
+def bronze(engine: Engine, valid_readings: Relation) -> Relation:
     """One row per reading across gateways, with batch_id and ingested_at."""
-    return _m(engine, "bronze", B.bronze(ranked_readings.table))
+    return _m(engine, "bronze", B.bronze(valid_readings.table))
 
 
 def observations(engine: Engine, normalized: Relation) -> Relation:
@@ -135,10 +134,10 @@ def observations(engine: Engine, normalized: Relation) -> Relation:
 
 
 def reconciliation(
-    engine: Engine, normalized: Relation, ranked_readings: Relation, batches: Relation
+    engine: Engine, normalized: Relation, bronze: Relation, batches: Relation
 ) -> pa.Table:
     """Per batch: ledger rows against rows read, kept, duplicate, observation, quarantined."""
-    expr = B.reconciliation(normalized.table, ranked_readings.table, batches.table)
+    expr = B.reconciliation(normalized.table, bronze.table, batches.table)
     return engine.to_arrow(expr.order_by("batch_id"), "reconciliation")
 
 
@@ -359,7 +358,6 @@ STEPS: list[Callable[..., Any]] = [
     quarantine_rows,
     valid_readings,
     gateway_readings,
-    ranked_readings,
     bronze,
     observations,
     reconciliation,
