@@ -43,8 +43,8 @@ def agent_config(
     if token is not None:
         (tmp / "central-token").write_text(token)
         lines.append(f'token_file = "{tmp / "central-token"}"')
-    lines.append("timeout_s = 5")
-    for k, v in sections.pop("central", {}).items():
+    central = {"timeout_s": 5, **sections.pop("central", {})}
+    for k, v in central.items():
         lines.append(f"{k} = {json.dumps(v)}")
     for name, keys in sections.items():
         lines.append(f"[{name}]")

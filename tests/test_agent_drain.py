@@ -10,6 +10,7 @@ import httpx
 
 from tests.agent_support import (
     AgentProcess,
+    count,
     fleet_messages,
     key_of,
     publish_all,
@@ -112,3 +113,46 @@ def test_metrics_text_format(tmp_path: Path) -> None:
         "# HELP b labelled", "# TYPE b gauge", 'b{dev="x\\"y"} 0.5',
         "# HELP c_seconds never", "# TYPE c_seconds gauge", "c_seconds +Inf",
     ]  # fmt: skip
+
+
+def test_a_hanging_central_never_blocks_ingest(tmp_path: Path, broker: Broker) -> None:
+    """Central accepts the connection and never answers: readings still flow in."""
+    import socket
+    import threading
+
+    hang = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        hang.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(hang.accept()[0])  # read nothing, answer nothing
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{hang.getsockname()[1]}"
+    config = agent_config(tmp_path, url=url, token="t", mqtt_port=broker.port,
+                          schedule=FAST, central={"timeout_s": 30})  # fmt: skip
+    cfg = cfg_of(config)
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    try:
+        wait_for("the agent's subscription", lambda: subscribed(cfg.db_path), 30)
+        publish_all(broker.port, fleet_messages(1000))
+        wait_for("an upload stuck on central", lambda: len(held) >= 1, 30)
+        started = time.monotonic()
+        publish_all(broker.port, fleet_messages(3000)[1000:])
+        wait_for("ingest while the upload hangs", lambda: count(cfg.db_path) == 3000, 20)
+        # all of it arrived well inside the 30 s the stuck request may take
+        assert time.monotonic() - started < 20
+        assert not any(b["state"] == "uploaded" for b in batches(cfg))
+    finally:
+        agent.kill()
+        stop.set()
+        hang.close()
+        for s in held:
+            s.close()
