@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parent.parent
 BASE = Path(os.environ.get("FLEETPULSE_BENCH_DIR", "/tmp/fleetpulse-bench"))
 DEVICES = 1000
 SCALES = {"1M": 1_000_000, "10M": 10_000_000}
+REPEATS = {"1M": 3, "10M": 2}
 COMPARED = (
     "up_s",
     "down_s",
@@ -115,9 +116,20 @@ def run() -> str:
         for impl in plan[label]:
             if only and impl not in only.split(","):
                 continue
-            print(f"   {label} {impl} ...", file=sys.stderr, flush=True)
-            results[label][impl] = measure(impl, root)
-            print(f"   {results[label][impl]}", file=sys.stderr, flush=True)
+            # the machine is shared: the best of a few runs is the figure, all are kept
+            runs = []
+            for _ in range(1 if impl in ("cli-duckdb", "ibis-spark") else REPEATS[label]):
+                print(f"   {label} {impl} ...", file=sys.stderr, flush=True)
+                runs.append(measure(impl, root))
+                print(f"   {runs[-1]}", file=sys.stderr, flush=True)
+            ok = [r for r in runs if "wall_s" in r]
+            if ok:
+                best = dict(min(ok, key=lambda r: r["wall_s"]))
+                best["all_wall_s"] = [round(r["wall_s"], 1) for r in ok]
+                best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in ok)
+                results[label][impl] = best
+            else:
+                results[label][impl] = runs[-1]
     (BASE / "results.json").write_text(json.dumps(results, indent=2))
     return report(results)
 
@@ -131,17 +143,19 @@ def report(results: dict[str, dict[str, dict[str, Any]]]) -> str:
         "readings uploaded twice; firmware updates and alerts from Avro. Every run starts from "
         "the landed Parquet batches and produces the gold tables; `cli-duckdb` is the whole "
         "`fleetpulse central consolidate --full` (plan, DAG, gates, Delta publish, state). "
-        "Peak RSS is the process tree's (the JVM included for Spark).",
+        "Peak RSS is the process tree's (the JVM included for Spark). The machine (2 cores) "
+        "was shared with four other engineers' test runs: each DuckDB/pandas figure is the "
+        "best of several runs, all listed; Spark and the CLI ran once.",
         "",
-        "| data | implementation | readings | wall s | rows/s | peak RSS MiB | vs Ibis | "
-        "device_day agrees |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| data | implementation | readings | wall s (best) | all runs s | rows/s | "
+        "peak RSS MiB | vs Ibis | device_day agrees |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|",
     ]
     for label, by_impl in results.items():
         ibis = by_impl.get("ibis-duckdb", {})
         for impl, r in by_impl.items():
             if "error" in r:
-                lines.append(f"| {label} | {impl} | | failed: {r['error'][0][:80]} | | | | |")
+                lines.append(f"| {label} | {impl} | | failed: {r['error'][0][:80]} | | | | | |")
                 continue
             ratio = r["wall_s"] / ibis["wall_s"] if ibis.get("wall_s") else float("nan")
             same = (
@@ -151,8 +165,9 @@ def report(results: dict[str, dict[str, dict[str, Any]]]) -> str:
                 if "out" in ibis
                 else "?"
             )
+            runs = ", ".join(f"{x:.1f}" for x in r.get("all_wall_s", [r["wall_s"]]))
             lines.append(
-                f"| {label} | {impl} | {r['rows']:,} | {r['wall_s']:.1f} | "
+                f"| {label} | {impl} | {r['rows']:,} | {r['wall_s']:.1f} | {runs} | "
                 f"{r['rows'] / r['wall_s']:,.0f} | {r['peak_rss_mib']:.0f} | {ratio:.2f}x | "
                 f"{same} |"
             )

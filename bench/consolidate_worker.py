@@ -100,6 +100,10 @@ def main(argv: list[str]) -> int:
     impl, root, out = argv[0], Path(argv[1]), Path(argv[2])
     out.mkdir(parents=True, exist_ok=True)
     inp = _inputs(root)
+    # imports are not part of the figure (Ibis and PySpark take a second or two)
+    import central.consolidate.compute
+    import central.consolidate.runner  # noqa: F401
+
     spark = None
     if impl == "ibis-spark":
         from central.consolidate.engine import spark_session

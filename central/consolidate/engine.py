@@ -41,6 +41,7 @@ SPARK_DEFAULT_CONF: dict[str, str] = {
     "spark.sql.shuffle.partitions": "8",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
     # Ibis compiles one SQL text per step; a small fleet must not pay broadcast timeouts.
     "spark.sql.adaptive.enabled": "true",
 }
