@@ -9,6 +9,8 @@ Tree::
     │   ├── StoreUnavailable
     │   └── LedgerUnavailable
     ├── LedgerConflict              a batch id is already in the ledger (the write-once arbiter)
+    ├── ConsolidateError            consolidation failed, nothing published (its branches:
+    │                               central/consolidate/errors.py)
     └── UploadRefused               an upload breaks the contract; carries its HTTP status
         ├── BadRequest              400: bad batch id, missing/mismatching Content-SHA256
         ├── Unauthorized            401: no, unknown or revoked token

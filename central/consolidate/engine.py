@@ -303,10 +303,14 @@ def connect(
     spark_master: str = "local[*]",
     spark_conf: Mapping[str, str] | None = None,
     spark: Any = None,
+    duckdb_memory_limit: str | None = None,
 ) -> Engine:
     """Open the named engine; ``spark`` passes an existing session (tests share one)."""
     if name == "duckdb":
-        return DuckDBEngine(temp_dir=None if work_dir is None else work_dir / "duckdb-tmp")
+        return DuckDBEngine(
+            temp_dir=None if work_dir is None else work_dir / "duckdb-tmp",
+            memory_limit=duckdb_memory_limit,
+        )
     if name == "spark":
         if spark is not None:
             return SparkEngine(spark)

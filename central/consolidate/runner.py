@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from ibis import _
 
 from central.config import CentralConfig
-from pipeline import DiskCache, GateFailed, RunRecord, StepFailed
+from pipeline import DiskCache, GateFailed, StepFailed
 
 from . import publish as P
 from .compute import day_of_ms, day_start_ms, run_dag
@@ -266,6 +266,15 @@ def consolidate(
             full = True
         if not full and not state.consolidated():
             full = True  # first run
+        if not full and all(b.batch_id in state.consolidated() for b in landed):
+            # nothing new: no engine is started (a Spark session takes seconds to minutes)
+            record["plan"] = {"mode": "incremental", "days": []}
+            record["inputs"]["new_batches"] = []
+            msg = "nothing new since the last run: gold tables unchanged"
+            log.info("%s", msg)
+            return _finish(
+                data_dir, record, Outcome(run_id, "nothing_new", "incremental", message=msg), t0
+            )
         registry_rows = (
             read_registry(Path(src_cfg.registry)) if src_cfg.registry is not None else None
         )
@@ -278,9 +287,8 @@ def consolidate(
             spark_master=config.spark.master,
             spark_conf=config.spark.conf,
             spark=spark,
+            duckdb_memory_limit=config.consolidate.duckdb_memory_limit,
         )
-        if engine_name == "duckdb" and config.consolidate.duckdb_memory_limit:
-            engine.con.raw_sql(f"SET memory_limit = '{config.consolidate.duckdb_memory_limit}'")
         plan = make_plan(engine, landed, state, full=full, margin_ms=margin)
         record["plan"] = plan.to_dict()
         record["inputs"]["new_batches"] = [
@@ -447,4 +455,4 @@ def _empty_batch() -> pa.Table:
     return t.append_column("filename", pa.array([], pa.string()))
 
 
-__all__ = ["Outcome", "Plan", "RunRecord", "consolidate", "make_plan"]
+__all__ = ["Outcome", "Plan", "consolidate", "make_plan"]
