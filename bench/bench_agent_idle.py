@@ -263,18 +263,23 @@ The trickle published {busy.messages} messages ({rate:.1f} msg/s); the buffer ho
 **{stored}** readings after it (every one committed before its PUBACK). The agent sent
 {watchdogs} `WATCHDOG=1` in {total_s:.0f} s (one per 30 s is expected with `WatchdogSec=60s`),
 ran {threads} thread(s), and exited with code {rc} on SIGTERM. Measured at commit
-`{_commit()}`; native code mapped into the agent: {native}. The figures cover what the
-agent loads today: re-run this benchmark when the local DAG and the Parquet upload land,
-since pyarrow alone adds tens of MiB once imported.
+`{_commit()}`; native code mapped into the agent: {native}. The background stages
+(export, upload, DAG, disk check) run in the agent: its first export (in the idle phase an
+observation-only batch, the gateway's first) loads pyarrow and numpy, which is where RSS
+jumps. In this dev venv pyarrow also imports pandas on first use (~55 MiB) which a
+gateway with only the `agent` extra does not have; `bench_agent_export` measures the
+export with pandas hidden.
 
 Sizing on a Raspberry Pi (estimates, not measured on a Pi): RSS is mostly the Python
 interpreter, pydantic-core and paho, and is about the same on 64-bit ARM; expect a few
 MiB less on 32-bit Raspberry Pi OS. A Pi 3 (1 GiB, Cortex-A53 at 1.2 GHz) is roughly
 6-8x slower per core than this machine, a Pi 4 (Cortex-A72 at 1.5-1.8 GHz) 2.5-3.5x:
 scale the CPU column by that. Even at the high end the everyday trickle stays at a few
-percent of one of the Pi's four cores, and the idle agent far below that. The unit's
-`MemoryHigh=192M` / `MemoryMax=256M` leave several times the measured RSS for bursts
-(a backlog drain after an outage, a Parquet export), and on a 1 GiB Pi 3 leave the rest
+percent of one of the Pi's four cores, and the idle agent far below that. Memory: once
+pyarrow is loaded the RSS above is close to the unit's `MemoryHigh=192M` (`MemoryMax=256M`
+is the hard limit): with pyarrow in the process those limits leave little room for a
+backlog drain plus an export, and need raising (or the export moved to a short-lived
+child process) before a gateway rollout. On a 1 GiB Pi 3 leave the rest
 for Mosquitto, whose queue for the agent may reach ~80 MB at its configured limit
 (deploy/mosquitto/README.md). Start-up on a Pi 3 takes correspondingly longer; the
 unit's `TimeoutStartSec=90s` allows for it.
