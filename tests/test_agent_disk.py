@@ -148,3 +148,35 @@ def test_drop_oldest_removes_waiting_batches_first(tmp_path: Path) -> None:
     left = conn.execute("SELECT count(*) FROM readings").fetchone()[0]
     conn.close()
     assert dropped + left == 30_000
+
+
+def test_uploaded_readings_go_after_retention_hours_and_only_they(tmp_path: Path) -> None:
+    from agent.scheduler import Stages
+
+    config = agent_config(
+        tmp_path,
+        url="http://central.invalid",
+        token="t",
+        storage={"retention_hours": 1},
+        central={"batch_max_rows": 100},
+    )
+    cfg = cfg_of(config)
+    add_readings(cfg, (reading_row(i) for i in range(250)))
+    now = [1_000_000_000_000]
+    answers = iter([201, 201, 503])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(next(answers), json={})
+
+    stages = Stages(cfg, transport=httpx.MockTransport(handler), clock_ms=lambda: now[0])
+    try:
+        assert len(stages.export()) == 3
+        assert len(stages.upload().uploaded) == 2  # the third waits (503)
+        stages.check_disk()
+        assert count(cfg.db_path) == 250  # within the retention: kept for the local view
+        now[0] += 3_600_000 + 1
+        stages.check_disk()
+        left = sqlite3.connect(cfg.db_path).execute("SELECT min(id), count(*) FROM readings")
+        assert left.fetchone() == (201, 50)  # the not-uploaded batch stays, whatever its age
+    finally:
+        stages.close()
