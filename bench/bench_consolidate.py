@@ -130,6 +130,12 @@ def run() -> str:
                 results[label][impl] = best
             else:
                 results[label][impl] = runs[-1]
+    if only and (BASE / "results.json").exists():
+        # a partial re-run keeps the other implementations' figures
+        previous = json.loads((BASE / "results.json").read_text())
+        for label, by_impl in results.items():
+            previous.setdefault(label, {}).update(by_impl)
+        results = previous
     (BASE / "results.json").write_text(json.dumps(results, indent=2))
     return report(results)
 

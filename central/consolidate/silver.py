@@ -36,8 +36,9 @@ def merge_intervals(t: ir.Table, key: str) -> ir.Table:
     t = t.filter(t.e > t.s).select(key, "s", "e")
     before = ibis.window(group_by=key, order_by=["s", "e"], rows=(None, -1))
     upto = ibis.window(group_by=key, order_by=["s", "e"], rows=(None, 0))
-    reach = t.e.max().over(before)
-    t = t.mutate(starts=(reach.isnull() | (t.s > reach)).cast("int64"))
+    # reach as its own column: used twice inline, the window would be computed twice
+    t = t.mutate(reach=t.e.max().over(before))
+    t = t.mutate(starts=(t.reach.isnull() | (t.s > t.reach)).cast("int64"))
     # Rows tied on (s, e) are identical, so any order among them gives the same islands.
     t = t.mutate(island=t.starts.sum().over(upto))
     return t.group_by([key, "island"]).aggregate(s=_.s.min(), e=_.e.max()).drop("island")
@@ -229,8 +230,8 @@ def gateway_observed(
     r = r.mutate(t=r.event_ms.cast("float64"), reach=reach)
     # All intervals of one gateway have the same length, so the previous one reaches
     # furthest: a lag is enough where a general union needs a running max.
-    prev = r.t.lag().over(w)
-    r = r.mutate(starts=(prev.isnull() | (r.t > prev + r.reach)).cast("int64"))
+    r = r.mutate(prev=r.t.lag().over(w))
+    r = r.mutate(starts=(r.prev.isnull() | (r.t > r.prev + r.reach)).cast("int64"))
     r = r.mutate(island=r.starts.sum().over(upto))
     from_readings = r.group_by(["gateway_id", "island"]).aggregate(
         s=r.t.min(), e=r.t.max() + r.reach.max()
