@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sys
 import threading
 import time
@@ -81,7 +82,11 @@ def _ibis(engine_name: str, inp: dict[str, Any], spark: Any = None) -> dict[str,
     from central.consolidate.dag import GOLD_TABLES, KpiSettings
     from central.consolidate.sources import BATCH_COLUMNS
 
-    eng = E.connect(engine_name, spark=spark)
+    # DuckDB spills past this (set it as [consolidate] duckdb_memory_limit); None = 80 % of RAM
+    limit = os.environ.get("FLEETPULSE_BENCH_DUCKDB_MEMORY") or None
+    eng = E.connect(
+        engine_name, spark=spark, work_dir=Path(inp["out"]), duckdb_memory_limit=limit
+    )
     try:
         res = run_dag(
             eng,
@@ -100,6 +105,7 @@ def main(argv: list[str]) -> int:
     impl, root, out = argv[0], Path(argv[1]), Path(argv[2])
     out.mkdir(parents=True, exist_ok=True)
     inp = _inputs(root)
+    inp["out"] = str(out)
     # imports are not part of the figure (Ibis and PySpark take a second or two)
     import central.consolidate.compute
     import central.consolidate.runner  # noqa: F401
