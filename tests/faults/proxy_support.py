@@ -6,6 +6,8 @@
   a connection early.
 - ``reset``: every open connection is closed with a TCP RST, new ones are reset at once.
 - ``slow``: bytes are forwarded at ``rate_bps`` in small chunks, each after ``delay_s``.
+- ``drop_responses``: requests reach the server; the first bytes of its answer are thrown
+  away and the connection is reset (the server committed, the client never hears it).
 
 Loopback only; one thread accepts, two threads pump each connection.
 """
@@ -19,7 +21,7 @@ import threading
 import time
 from typing import Literal
 
-Mode = Literal["pass", "blackhole", "reset", "slow"]
+Mode = Literal["pass", "blackhole", "reset", "slow", "drop_responses"]
 _CHUNK = 1024
 _POLL_S = 0.05
 
@@ -40,6 +42,7 @@ class TcpProxy:
         self.delay_s = 0.0
         self.forwarded = 0  # bytes, both directions
         self.connections = 0
+        self.dropped_responses = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
         self._listener.settimeout(_POLL_S)
         self.port = int(self._listener.getsockname()[1])
@@ -92,10 +95,10 @@ class TcpProxy:
         with self._lock:
             self._pairs.append((client, upstream))
             self.connections += 1
-        for src, dst in ((client, upstream), (upstream, client)):
-            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+        for src, dst, answer in ((client, upstream, False), (upstream, client, True)):
+            threading.Thread(target=self._pump, args=(src, dst, answer), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, answer: bool) -> None:
         src.settimeout(_POLL_S)
         try:
             while not self._closed:
@@ -113,6 +116,10 @@ class TcpProxy:
                     return
                 while self.mode == "blackhole" and not self._closed:
                     time.sleep(_POLL_S)  # read just before the switch: held, not delivered
+                if answer and self.mode == "drop_responses":
+                    with self._lock:
+                        self.dropped_responses += 1
+                    raise OSError("response dropped")  # RST both sides below
                 if slow:
                     time.sleep(self.delay_s + len(data) / self.rate_bps)
                 dst.sendall(data)
