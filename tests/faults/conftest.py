@@ -66,5 +66,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if path is None or not _ROWS:
         return
     scale = "full" if full_scale() else "reduced"
-    path.write_text(render(_ROWS, dt.datetime.now(dt.UTC), scale))
+    previous = path.read_text() if path.exists() else ""
+    path.write_text(render(_ROWS, dt.datetime.now(dt.UTC), scale, previous))
     log.warning("fault suite: wrote %s", path)
