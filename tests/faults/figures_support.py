@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_SCALE = "FLEETPULSE_FAULTS"
 ENV_OUT = "FLEETPULSE_RELIABILITY_OUT"
+# The ``figure`` fixture: adds one counted figure to the test's scenario row.
+Figure = Callable[[str], None]
 
 # Every scenario of issue 8, in the order of the table: a scenario the run did not reach
 # still gets its row ("not run"), so a partial table never looks complete.

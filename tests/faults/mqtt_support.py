@@ -70,7 +70,7 @@ class TimedPublisher:
         )
         self.client.max_inflight_messages_set(inflight)
         self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(0.05, 0.5)
+        self.client.reconnect_delay_set(0.05, 0.5)  # type: ignore[arg-type]  # floats work
         self._lock = threading.Lock()
         self._index_of_mid: dict[int, int] = {}
         self._early: dict[int, float] = {}

@@ -28,7 +28,7 @@ from tests.agent_support import (
     write_config,
 )
 from tests.brokers import Broker
-from tests.faults.figures_support import pick
+from tests.faults.figures_support import Figure, pick
 from tests.faults.mqtt_support import TimedPublisher
 from tests.test_agent_ingest import bad_message
 
@@ -94,7 +94,9 @@ def generate(n: int) -> list[Message]:
     return out
 
 
-def test_generated_bad_payloads_all_quarantined(broker: Broker, tmp_path: Path, figure) -> None:  # type: ignore[no-untyped-def]
+def test_generated_bad_payloads_all_quarantined(
+    broker: Broker, tmp_path: Path, figure: Figure
+) -> None:
     n = pick(1000, 10_000)
     bad = generate(n)
     good = fleet_messages(pick(200, 1000))

@@ -18,6 +18,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.strategies import SearchStrategy
+from requests.structures import CaseInsensitiveDict
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
     content_type_conformance,
@@ -31,7 +32,7 @@ from central.ledger import open_ledger
 from central.tokens import create_token
 from schemas import InvalidMessage, Reading, decode
 from tests.central_support import make_batch
-from tests.faults.figures_support import pick
+from tests.faults.figures_support import Figure, pick
 
 CHECKS = [
     not_a_server_error,
@@ -49,12 +50,16 @@ _noise = st.dictionaries(_token, _ascii, max_size=4)
 def _with_noise(
     case: schemathesis.Case, headers: dict[str, str], query: dict[str, str]
 ) -> schemathesis.Case:
-    case.headers = {**(case.headers or {}), **headers}
+    if case.headers is None:
+        case.headers = CaseInsensitiveDict()
+    case.headers.update(headers)
     case.query = {**(case.query or {}), **query}
     return case
 
 
-def test_schemathesis_cases_per_endpoint_find_no_server_error(tmp_path: Path, figure) -> None:  # type: ignore[no-untyped-def]
+def test_schemathesis_cases_per_endpoint_find_no_server_error(
+    tmp_path: Path, figure: Figure
+) -> None:
     per_endpoint = pick(200, 1000)
     config = CentralConfig(
         data_dir=tmp_path / "data",
@@ -168,7 +173,7 @@ def _near_valid(draw: st.DrawFn) -> tuple[str, bytes]:
 _message = st.one_of(st.tuples(_topic, _payload), _near_valid())
 
 
-def test_decoder_fuzzed_for_a_while_never_crashes(figure) -> None:  # type: ignore[no-untyped-def]
+def test_decoder_fuzzed_for_a_while_never_crashes(figure: Figure) -> None:
     budget_s = pick(10, 600)
     outcomes: Counter[str] = Counter()
     crashes: list[str] = []

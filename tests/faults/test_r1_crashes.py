@@ -27,13 +27,13 @@ from tests.agent_support import (
     write_config,
 )
 from tests.brokers import Broker
-from tests.faults.figures_support import pick
+from tests.faults.figures_support import Figure, pick
 from tests.faults.mqtt_support import TimedPublisher
 
 
 def test_sigkills_at_random_times_lose_and_double_nothing(
-    broker: Broker, tmp_path: Path, figure
-) -> None:  # type: ignore[no-untyped-def]
+    broker: Broker, tmp_path: Path, figure: Figure
+) -> None:
     total = pick(10_000, 100_000)
     kills = pick(5, 50)
     rate = pick(2500, 1500)

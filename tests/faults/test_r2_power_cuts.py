@@ -17,7 +17,7 @@ import pytest
 from agent.buffer import Buffer, Quarantined, reading_row
 from agent.errors import StoreError
 from schemas import Reading
-from tests.faults.figures_support import pick
+from tests.faults.figures_support import Figure, pick
 from tests.faults.powercut_support import VFS_NAME, CutVfs, Disk, agent_pragmas, open_buffer
 
 T0_MS = 1_767_225_600_000
@@ -148,7 +148,7 @@ def test_harness_uses_the_agents_pragmas() -> None:
     assert pragmas == {"journal_mode": "WAL", "synchronous": "FULL"}, pragmas
 
 
-def test_power_cuts_lose_no_acknowledged_row(tmp_path: Path, figure) -> None:  # type: ignore[no-untyped-def]
+def test_power_cuts_lose_no_acknowledged_row(tmp_path: Path, figure: Figure) -> None:
     cuts = pick(20, 250)
     seed = random.randrange(2**32)
     tally = run_cuts(tmp_path, cuts, None, seed)
@@ -162,7 +162,7 @@ def test_power_cuts_lose_no_acknowledged_row(tmp_path: Path, figure) -> None:  #
         assert tally.cut_in["db"] > 0, tally.cut_in
 
 
-def test_same_run_with_synchronous_normal_reports_losses(tmp_path: Path, figure) -> None:  # type: ignore[no-untyped-def]
+def test_same_run_with_synchronous_normal_reports_losses(tmp_path: Path, figure: Figure) -> None:
     cuts = pick(10, 50)
     seed = random.randrange(2**32)
     tally = run_cuts(tmp_path, cuts, "NORMAL", seed)

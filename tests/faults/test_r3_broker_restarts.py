@@ -18,7 +18,7 @@ from pathlib import Path
 from tests.agent_support import count, fleet_messages, integrity, key_of, stored_keys, wait_for
 from tests.agent_support import write_config as agent_config
 from tests.brokers import wait_port
-from tests.faults.figures_support import pick
+from tests.faults.figures_support import Figure, pick
 from tests.faults.mqtt_support import (
     AgentThread,
     TimedPublisher,
@@ -30,7 +30,7 @@ from tests.faults.mqtt_support import (
 RECONNECT_LIMIT_S = 10.0
 
 
-def test_broker_restarts_lose_nothing_accepted(tmp_path: Path, figure) -> None:  # type: ignore[no-untyped-def]
+def test_broker_restarts_lose_nothing_accepted(tmp_path: Path, figure: Figure) -> None:
     total = pick(10_000, 100_000)
     restarts = pick(2, 20)  # half SIGTERM, half SIGKILL, alternating, SIGTERM first
     rate = pick(2500, 1250)

@@ -18,7 +18,7 @@ from schemas import Reading
 from tests.brokers import free_port
 from tests.central_support import CentralServer, cli, create_token
 from tests.central_support import write_config as central_config
-from tests.faults.figures_support import pick
+from tests.faults.figures_support import Figure, pick
 from tests.faults.proxy_support import TcpProxy
 
 T0_MS = 1_767_225_600_000
@@ -45,7 +45,7 @@ def _agent_config(tmp: Path, url: str, token: Path) -> Path:
     return path
 
 
-def test_lost_responses_make_no_duplicates(tmp_path: Path, figure) -> None:  # type: ignore[no-untyped-def]
+def test_lost_responses_make_no_duplicates(tmp_path: Path, figure: Figure) -> None:
     losses_wanted = pick(5, 50)
     rng = random.Random()
     port = free_port()

@@ -6,14 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.figures_support import full_scale
+from tests.faults.figures_support import Figure, full_scale
 from tests.faults.security_support import run_matrix
 
 MODULE = "tests/test_deploy_mosquitto.py"
 
 
 @pytest.mark.skipif(not full_scale(), reason=f"make test runs {MODULE} itself")
-def test_mqtt_access_matrix(tmp_path: Path, figure) -> None:  # type: ignore[no-untyped-def]
+def test_mqtt_access_matrix(tmp_path: Path, figure: Figure) -> None:
     m = run_matrix(MODULE, tmp_path / "junit.xml")
     figure(f"{m.passed} of {m.total} access cases hold ({MODULE}), {len(m.failed)} fail,"
            f" {m.skipped} skipped")  # fmt: skip
