@@ -263,7 +263,7 @@ def run(
     for stmt in script(files, days, gap_k, target):
         con.execute(stmt)
     out = {
-        n: con.execute(f"SELECT * FROM {n}").to_arrow_table()
+        n: con.sql(f"SELECT * FROM {n}").to_arrow_table()
         for n in ("device_day", "device_firmware_day", "fleet_day", "firmware_day", "site_day")
     }
     con.close()

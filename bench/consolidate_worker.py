@@ -82,11 +82,9 @@ def _ibis(engine_name: str, inp: dict[str, Any], spark: Any = None) -> dict[str,
     from central.consolidate.dag import GOLD_TABLES, KpiSettings
     from central.consolidate.sources import BATCH_COLUMNS
 
-    # DuckDB spills past this (set it as [consolidate] duckdb_memory_limit); None = 80 % of RAM
-    limit = os.environ.get("FLEETPULSE_BENCH_DUCKDB_MEMORY") or None
-    eng = E.connect(
-        engine_name, spark=spark, work_dir=Path(inp["out"]), duckdb_memory_limit=limit
-    )
+    # DuckDB spills past this ([consolidate] duckdb_memory_limit); None = 80 % of RAM
+    limit = inp.get("memory_limit") or os.environ.get("FLEETPULSE_BENCH_DUCKDB_MEMORY") or None
+    eng = E.connect(engine_name, spark=spark, work_dir=Path(inp["out"]), duckdb_memory_limit=limit)
     try:
         res = run_dag(
             eng,
@@ -103,9 +101,12 @@ def _ibis(engine_name: str, inp: dict[str, Any], spark: Any = None) -> dict[str,
 
 def main(argv: list[str]) -> int:
     impl, root, out = argv[0], Path(argv[1]), Path(argv[2])
+    # "ibis-duckdb@1500MB": the same with DuckDB's memory_limit set
+    impl, _, memory_limit = impl.partition("@")
     out.mkdir(parents=True, exist_ok=True)
     inp = _inputs(root)
     inp["out"] = str(out)
+    inp["memory_limit"] = memory_limit
     # imports are not part of the figure (Ibis and PySpark take a second or two)
     import central.consolidate.compute
     import central.consolidate.runner  # noqa: F401
