@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,7 @@ def measure(impl: str, root: Path) -> dict[str, Any]:
         return {"impl": impl, "error": proc.stderr.strip().splitlines()[-1:] or ["?"]}
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
     result["out"] = str(out / "device_day.parquet")
+    result["measured_at"] = time.strftime("%H:%M", time.gmtime())
     return result
 
 
@@ -160,18 +162,19 @@ def report(results: dict[str, dict[str, dict[str, Any]]]) -> str:
         "the landed Parquet batches and produces the gold tables; `cli-duckdb` is the whole "
         "`fleetpulse central consolidate --full` (plan, DAG, gates, Delta publish, state). "
         "Peak RSS is the process tree's (the JVM included for Spark). The machine (2 cores) "
-        "was shared with four other engineers' test runs: each DuckDB/pandas figure is the "
-        "best of several runs, all listed; Spark and the CLI ran once.",
+        "was shared with four other engineers' test runs, whose load changed from minute to "
+        "minute: each DuckDB/pandas figure is the best of several runs, all listed; Spark and "
+        "the CLI ran once. Compare ratios between rows measured at about the same time.",
         "",
         "| data | implementation | readings | wall s (best) | all runs s | rows/s | "
-        "peak RSS MiB | vs Ibis | device_day agrees |",
-        "|---|---|---:|---:|---|---:|---:|---:|---|",
+        "peak RSS MiB | vs Ibis | device_day agrees | at (UTC) |",
+        "|---|---|---:|---:|---|---:|---:|---:|---|---|",
     ]
     for label, by_impl in results.items():
         ibis = by_impl.get("ibis-duckdb", {})
         for impl, r in by_impl.items():
             if "error" in r:
-                lines.append(f"| {label} | {impl} | | failed: {r['error'][0][:80]} | | | | | |")
+                lines.append(f"| {label} | {impl} | | failed: {r['error'][0][:80]} | | | | | | |")
                 continue
             ratio = r["wall_s"] / ibis["wall_s"] if ibis.get("wall_s") else float("nan")
             same = (
@@ -185,7 +188,7 @@ def report(results: dict[str, dict[str, dict[str, Any]]]) -> str:
             lines.append(
                 f"| {label} | {impl} | {r['rows']:,} | {r['wall_s']:.1f} | {runs} | "
                 f"{r['rows'] / r['wall_s']:,.0f} | {r['peak_rss_mib']:.0f} | {ratio:.2f}x | "
-                f"{same} |"
+                f"{same} | {r.get('measured_at', '?')} |"
             )
     lines.append("")
     i1, i10 = results.get("1M", {}).get("ibis-duckdb"), results.get("10M", {}).get("ibis-duckdb")
