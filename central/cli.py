@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config import CentralConfig, load_config
-from .errors import CentralError, ConfigError
 from .consolidate.cli import register_consolidate, register_runs
+from .errors import CentralError, ConfigError
 from .report.cli import register_report
 
 if TYPE_CHECKING:
