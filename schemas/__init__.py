@@ -15,7 +15,7 @@ from .messages import (
     utc_from_ms,
 )
 from .registry import DEFAULT_GAP_K, DEFAULT_HEARTBEAT_S, Device
-from .topics import KINDS, IDENT_RE, Topic, TopicError, parse_topic, topic_for
+from .topics import IDENT_RE, KINDS, Topic, TopicError, parse_topic, topic_for
 
 __all__ = [
     "DEFAULT_GAP_K",
