@@ -7,7 +7,9 @@ rather than hope a SIGKILL lands there. Names:
 - ``after_reserve_before_write``: a batch's range is reserved in SQLite, no file yet;
 - ``after_export_before_mark``: the batch file is renamed into the outbox and its
   directory fsynced, the ``exported`` mark is not committed;
-- ``after_upload_before_mark``: central answered 201/200, ``uploaded`` is not committed.
+- ``after_upload_before_mark``: central answered 201/200, ``uploaded`` is not committed;
+- ``after_commit_before_ack``: ingest COMMITted a batch of messages, their PUBACKs are
+  not sent yet (the broker redelivers them; the dedup key must store them once).
 
 The process exits with status ``FAULT_EXIT`` and no cleanup, like a SIGKILL.
 """
@@ -20,7 +22,12 @@ import os
 FAULT_ENV = "FLEETPULSE_FAULT"
 FAULT_EXIT = 86
 FAULT_POINTS = frozenset(
-    {"after_reserve_before_write", "after_export_before_mark", "after_upload_before_mark"}
+    {
+        "after_reserve_before_write",
+        "after_export_before_mark",
+        "after_upload_before_mark",
+        "after_commit_before_ack",
+    }
 )
 
 log = logging.getLogger(__name__)

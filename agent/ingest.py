@@ -22,6 +22,7 @@ from schemas import InvalidMessage, Reading, decode
 from .buffer import Buffer, Quarantined
 from .config import AgentConfig, read_password
 from .errors import ConfigError
+from .faults import fault_point
 from .mqttio import BufferedClient
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,7 @@ class Batcher:
         self._readings, self._quarantined, self._acks = [], [], []
         self._count = 0
         self.first_at = None
+        fault_point("after_commit_before_ack")
         if ack is not None:
             for mid, qos in acks:
                 ack(mid, qos)
