@@ -28,6 +28,19 @@ log = logging.getLogger(__name__)
 
 TEMP_PREFIX = ".tmp-"
 SUFFIX = ".parquet"
+# Test hook of the fault suite (docs/reliability.md, R1): with FLEETPULSE_FAULT set to
+# ``central_mid_rename`` the server exits (status 86, no cleanup) once a batch is linked to
+# its final name, before the temp file is removed, the directory fsynced and the ledger row
+# written: what a crash mid-rename leaves. Startup reconciliation must adopt the file.
+FAULT_ENV = "FLEETPULSE_FAULT"
+FAULT_EXIT = 86
+
+
+def _fault_point(name: str) -> None:
+    if os.environ.get(FAULT_ENV) == name:
+        log.critical("fault point %s reached: exiting with %d", name, FAULT_EXIT)
+        logging.shutdown()
+        os._exit(FAULT_EXIT)
 
 
 def landing_path(gateway_id: str, batch_id: str, min_ts_ms: int | None, received_ms: int) -> str:
@@ -104,6 +117,7 @@ class LandingStore:
                 os.link(tmp, final)
             except FileExistsError:
                 raise Exists(self.sha256(rel)) from None
+            _fault_point("central_mid_rename")
         finally:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
