@@ -166,6 +166,13 @@ class CentralConfig(BaseModel):
     retry_max_s: float = Field(
         300.0, gt=0, le=86_400, description="ceiling of the upload backoff (full jitter)"
     )
+    auth_retry_s: float = Field(
+        300.0,
+        ge=1,
+        le=86_400,
+        description="while central refuses the token (401/403): try again this often, "
+        "and at once when token_file changes",
+    )
 
     @field_validator("url")
     @classmethod

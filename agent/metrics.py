@@ -145,6 +145,7 @@ def gather(
 
     from .buffer import META_DROPPED_ROWS, META_UPLOADED_UPTO, get_meta, open_readonly
     from .scheduler import Stages
+    from .status import META_AUTH_REFUSED_MS
 
     p = "fleetpulse_agent_"
     out = [
@@ -169,6 +170,7 @@ def gather(
         flagged = conn.execute("SELECT count(*) FROM batches WHERE state = 'flagged'").fetchone()[0]
         last_ok = conn.execute("SELECT max(uploaded_ms) FROM batches").fetchone()[0]
         dropped = get_meta(conn, META_DROPPED_ROWS)
+        auth_refused = get_meta(conn, META_AUTH_REFUSED_MS)
     finally:
         conn.close()
     age = float("inf") if last_ok is None else max(0.0, (now_ms - last_ok) / 1000)
@@ -183,6 +185,9 @@ def gather(
                "seconds since the last successful upload (+Inf: never)", age),
         Metric(p + "dropped_rows_total", "counter",
                "readings deleted by on_full = drop_oldest", dropped),
+        Metric(p + "upload_auth_refused", "gauge",
+               "1 while central refuses the token (401/403): uploads are paused until a new "
+               "token is written to [central] token_file", int(auth_refused > 0)),
     ]  # fmt: skip
     if isinstance(stages, Stages):
         s, up = stages.stats, stages.uploader.stats
@@ -193,6 +198,8 @@ def gather(
                    "upload attempts that failed and will be retried", up.failures),
             Metric(p + "upload_flagged_total", "counter", "batches flagged by this process",
                    up.flagged),
+            Metric(p + "upload_auth_failures_total", "counter",
+                   "uploads central refused for the token (401/403)", up.auth_failures),
             Metric(p + "export_batches_total", "counter", "batches exported", s.export_batches),
             Metric(p + "export_rows_total", "counter", "readings exported", s.export_rows),
             Metric(p + "dag_runs_total", "counter", "local KPI DAG runs", s.dag_runs),

@@ -13,6 +13,10 @@ from .buffer import META_UPLOADED_UPTO, open_readonly
 from .errors import StoreError
 
 _BATCH_STATES = ("reserved", "exported", "uploaded", "flagged", "dropped")
+# meta keys of the upload token alarm (agent/upload.py; 0: none): since when central has
+# refused the token, and its answer (401 or 403).
+META_AUTH_REFUSED_MS = "upload_auth_refused_ms"
+META_AUTH_STATUS = "upload_auth_status"
 
 
 def _iso(ms: int | None) -> str | None:
@@ -67,6 +71,16 @@ def collect(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
             ).fetchone()
             last_upload = conn.execute("SELECT max(uploaded_ms) FROM batches").fetchone()[0]
             dropped = conn.execute("SELECT value FROM meta WHERE key = 'dropped_rows'").fetchone()
+            auth = dict(
+                conn.execute(
+                    "SELECT key, value FROM meta WHERE key IN (?, ?)",
+                    (META_AUTH_REFUSED_MS, META_AUTH_STATUS),
+                ).fetchall()
+            )
+            auth_reason = conn.execute(
+                "SELECT last_error FROM batches WHERE state = 'exported' AND http_status IN"
+                " (401, 403) ORDER BY seq LIMIT 1"
+            ).fetchone()
         finally:
             conn.execute("COMMIT")
     except sqlite3.Error as exc:
@@ -96,6 +110,19 @@ def collect(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
         # 409 and other refusals: kept for an operator, never retried blindly
         "flagged_batches": [{"batch_id": b, "status": st, "reason": r} for b, st, r in flagged],
         "dropped_rows": int(dropped[0]) if dropped else 0,
+        # 401/403: uploads paused for the gateway until a new token is written
+        "upload_auth_refused": _auth(auth, auth_reason),
+    }
+
+
+def _auth(meta: dict[str, int], reason: tuple[str | None] | None) -> dict[str, Any] | None:
+    since = meta.get(META_AUTH_REFUSED_MS, 0)
+    if not since:
+        return None
+    return {
+        "status": meta.get(META_AUTH_STATUS) or None,
+        "since": _iso(since),
+        "reason": reason[0] if reason else None,
     }
 
 
@@ -112,6 +139,12 @@ def format_text(status: dict[str, Any]) -> str:
     """The human form of ``agent status``: one ``key: value`` per line."""
     lines = []
     for key, value in status.items():
+        if key == "upload_auth_refused" and value is not None:
+            lines.append(
+                f"UPLOAD PAUSED: central refused the token ({value['status']}) since "
+                f"{value['since']}: {value['reason'] or 'see the agent log'}"
+            )
+            continue
         if key == "flagged_batches":
             for item in value:
                 lines.append(f"  FLAGGED {item['batch_id']}  {item['status']}  {item['reason']}")

@@ -6,8 +6,12 @@ Outcomes per answer:
   answer to a retry after a lost response), the file is deleted, the cursor advances;
 - 409, 400, 413, 422 → ``flagged`` with the status and central's reason: the batch is
   kept for an operator and never retried blindly; later batches go on;
-- 401 / 403 → the token is wrong for this gateway: nothing is flagged (no batch is at
-  fault), the round stops and is retried with backoff until the token file is fixed;
+- 401 / 403 → the token is revoked or belongs to another gateway: no batch is at fault,
+  so nothing is flagged, but retrying soon cannot help either. Uploads *pause* for the
+  whole gateway (the token is the gateway's): an ERROR names the token file and the fix,
+  ``meta.upload_auth_refused_ms`` / ``_status`` carry the alarm to ``agent status`` and
+  the metrics, and the token file is read again every round: a changed file (mtime, size
+  or text) is tried at once, an unchanged one every ``[central] auth_retry_s``;
 - 5xx, 429, timeouts, refused or dropped connections → the round stops and is retried
   with exponential backoff and full jitter capped at ``[central] retry_max_s``, never
   sooner than a ``Retry-After`` asks.
@@ -30,11 +34,12 @@ from pathlib import Path
 
 import httpx
 
-from .buffer import META_UPLOADED_UPTO, set_meta
+from .buffer import META_UPLOADED_UPTO, get_meta, set_meta
 from .config import AgentConfig
 from .errors import StoreError, UploadError
 from .export import file_sha256, rebuild
 from .faults import fault_point
+from .status import META_AUTH_REFUSED_MS, META_AUTH_STATUS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,8 @@ BACKOFF_BASE_S = 1.0
 RETRY_AFTER_CAP_S = 3600.0
 # Answers that mean "this batch will never be accepted as it is".
 FLAG_STATUSES = frozenset({400, 409, 413, 422})
+# Answers that mean "this token will never be accepted": uploads pause for the gateway.
+AUTH_STATUSES = frozenset({401, 403})
 
 
 def wall_ms() -> int:
@@ -84,6 +91,29 @@ def read_token(path: Path | None) -> str | None:
     return text.splitlines()[0].strip() if text else None
 
 
+def token_signature(path: Path | None) -> tuple[int, int] | None:
+    """(mtime_ns, size) of the token file, None when it is missing: a cheap "did it change"."""
+    if path is None:
+        return None
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+@dataclass
+class AuthPause:
+    """Central refused the token: uploads wait for a new one (or ``auth_retry_s``)."""
+
+    status: int
+    reason: str
+    token: str
+    signature: tuple[int, int] | None
+    since_ms: int
+    retry_at_ms: int
+
+
 @dataclass
 class RoundResult:
     """What one upload round did."""
@@ -94,6 +124,7 @@ class RoundResult:
     error: str | None = None
     retry_in_s: float | None = None
     skipped: str | None = None  # why nothing was tried (backoff, not registered, no url)
+    auth_refused: int | None = None  # 401/403 while uploads are paused for the token
 
 
 @dataclass
@@ -104,6 +135,7 @@ class UploadStats:
     failures: int = 0
     flagged: int = 0
     bytes: int = 0
+    auth_failures: int = 0
     last_error: str | None = None
 
 
@@ -126,6 +158,7 @@ class Uploader:
         self._attempt = 0
         self._not_before_ms = 0
         self._warned_token = False
+        self.auth_pause: AuthPause | None = None
         self.stats = UploadStats()
         self._client: httpx.Client | None = None
         if cfg.central.url is not None:
@@ -162,6 +195,12 @@ class Uploader:
                 self._warned_token = True
             return res
         self._warned_token = False
+        if self.auth_pause is not None and not force and self._still_paused(token, now):
+            pause = self.auth_pause
+            res.skipped = pause.reason
+            res.auth_refused = pause.status
+            res.retry_in_s = max(0.0, (pause.retry_at_ms - now) / 1000)
+            return res
         try:
             pending = self.conn.execute(
                 "SELECT seq, batch_id, path, sha256 FROM batches WHERE state = 'exported'"
@@ -173,6 +212,23 @@ class Uploader:
             if not self._one(seq, bid, Path(path), digest, token, res):
                 break
         return res
+
+    def _still_paused(self, token: str, now_ms: int) -> bool:
+        """While central refuses the token: False when it is time to try again."""
+        pause = self.auth_pause
+        assert pause is not None
+        path = self.cfg.central.token_file
+        if token != pause.token or token_signature(path) != pause.signature:
+            log.info("[central] token_file %s changed: trying the upload again", path)
+            return False
+        try:
+            cleared = get_meta(self.conn, META_AUTH_REFUSED_MS) == 0
+        except sqlite3.Error:
+            cleared = False
+        if cleared:  # another process (agent flush) got through with this token
+            log.info("an upload with this token succeeded elsewhere: trying again")
+            return False
+        return now_ms < pause.retry_at_ms
 
     # -- one batch ------------------------------------------------------------------------
 
@@ -207,6 +263,7 @@ class Uploader:
                 path.unlink()
             self._attempt = 0
             self._not_before_ms = 0
+            self._auth_accepted()
             self.stats.successes += 1
             self.stats.bytes += len(body)
             res.uploaded.append(bid)
@@ -225,13 +282,9 @@ class Uploader:
                 reason,
             )
             return True
-        if status in (401, 403):
-            reason = (
-                f"central refused the token ({status}: {reason}): write this gateway's token "
-                f"to {self.cfg.central.token_file}"
-            )
-        else:
-            reason = f"central answered {status}: {reason}"
+        if status in AUTH_STATUSES:
+            return self._auth_refused(seq, bid, status, reason, token, res)
+        reason = f"central answered {status}: {reason}"
         wait = retry_after_s(resp.headers.get("Retry-After"), self._clock_ms() / 1000)
         return self._transient(seq, bid, status, reason, wait, res)
 
@@ -276,6 +329,61 @@ class Uploader:
         res.retry_in_s = delay
         log.warning("upload of %s failed: %s; retrying in %.1f s", bid, reason, delay)
         return False
+
+    def _auth_refused(
+        self, seq: int, bid: str, status: int, detail: str, token: str, res: RoundResult
+    ) -> bool:
+        """401/403: pause uploads for the gateway until the token changes (or a slow retry)."""
+        c = self.cfg.central
+        now = self._clock_ms()
+        why = "revoked or unknown" if status == 401 else "made for another gateway"
+        reason = (
+            f"central refused the token ({status}: {detail}): it is {why}; uploads are "
+            f"paused for gateway {self.cfg.gateway_id} and batches are kept. Fix: on central "
+            f"run `fleetpulse central token create {self.cfg.gateway_id}` and write the token "
+            f"to [central] token_file {c.token_file}; the agent tries again when that file "
+            f"changes, else every {c.auth_retry_s:g} s"
+        )
+        first = self.auth_pause is None
+        since = now if self.auth_pause is None else self.auth_pause.since_ms
+        self.auth_pause = AuthPause(
+            status=status,
+            reason=reason,
+            token=token,
+            signature=token_signature(c.token_file),
+            since_ms=since,
+            retry_at_ms=now + int(c.auth_retry_s * 1000),
+        )
+        self.stats.failures += 1
+        self.stats.auth_failures += 1
+        self.stats.last_error = reason
+        with contextlib.suppress(sqlite3.Error):
+            if first or get_meta(self.conn, META_AUTH_REFUSED_MS) == 0:
+                set_meta(self.conn, META_AUTH_REFUSED_MS, self.auth_pause.since_ms)
+            set_meta(self.conn, META_AUTH_STATUS, status)
+            self.conn.execute(
+                "UPDATE batches SET attempts = attempts + 1, next_attempt_ms = ?,"
+                " http_status = ?, last_error = ? WHERE seq = ?",
+                (self.auth_pause.retry_at_ms, status, reason[:500], seq),
+            )
+        res.error = f"batch {bid}: {reason}"
+        res.retry_in_s = c.auth_retry_s
+        res.auth_refused = status
+        log.error("upload of %s: %s", bid, reason)
+        return False
+
+    def _auth_accepted(self) -> None:
+        """An upload went through: clear the token alarm if it was up."""
+        if self.auth_pause is not None:
+            log.info(
+                "central accepts the token in %s again: uploads resume",
+                self.cfg.central.token_file,
+            )
+            self.auth_pause = None
+        with contextlib.suppress(sqlite3.Error):
+            if get_meta(self.conn, META_AUTH_REFUSED_MS):
+                set_meta(self.conn, META_AUTH_REFUSED_MS, 0)
+                set_meta(self.conn, META_AUTH_STATUS, 0)
 
     def _flag(self, seq: int, status: int, reason: str) -> None:
         try:
