@@ -58,6 +58,10 @@ class ExportError(AgentError):
     """A batch file cannot be written."""
 
 
+class DagError(AgentError):
+    """The local KPI DAG failed (its worker process says why)."""
+
+
 class UploadError(AgentError):
     """Batches cannot be uploaded now."""
 

@@ -11,22 +11,30 @@ Protocol (each step durable before the next):
 A crash after 1 leaves a ``reserved`` row: the next run writes the file again from the
 recorded range and pieces (the content depends only on them, the sequence and the
 registry). No upload ever reads a ``reserved`` batch, so its id has never reached central
-with other content. pyarrow is imported only here (and in the DAG), never by ingest.
+with other content.
+
+The steps run in a short-lived worker process (agent/worker.py): pyarrow, numpy and the
+ADBC driver cost the agent 150+ MiB of RSS once loaded, and a process that exits gives
+all of it back. The agent's side here (``export_pending``, ``rebuild``) checks whether
+there is anything to do with plain ``sqlite3``, holds ``OUTBOX_LOCK`` (and a file lock
+in ``data_dir``, against a ``fleetpulse agent flush`` next to the service) while the
+worker runs, and turns the worker's JSON answer back into ``Exported`` rows.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .buffer import META_EXPORTED_UPTO, get_meta, set_meta
 from .errors import ExportError, StoreError
@@ -43,8 +51,12 @@ log = logging.getLogger(__name__)
 OBS_ONLY_EVERY_MS = 15 * 60 * 1000
 # Batches written per export run at most, so one run never holds the outbox lock for long.
 MAX_BATCHES_PER_RUN = 50
+# In data_dir: flock'ed while a worker writes batches, so two agent processes on one
+# data_dir (the service and ``fleetpulse agent flush``) never export at the same time.
+LOCK_FILE = "outbox.lock"
 
-# Export, retention and drop_oldest touch the same rows and files: one at a time.
+# Export, retention and drop_oldest touch the same rows and files: one at a time. The
+# export holds it while its worker process runs.
 OUTBOX_LOCK = threading.Lock()
 
 
@@ -76,7 +88,20 @@ def wall_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-# -- 1. reserve -------------------------------------------------------------------------
+@contextlib.contextmanager
+def outbox_lock(data_dir: Path) -> Iterator[None]:
+    """``OUTBOX_LOCK`` and the flock on ``data_dir/outbox.lock``, for a worker's run."""
+    with OUTBOX_LOCK:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(data_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+# -- 1. reserve (in the worker) ------------------------------------------------------------
 
 
 def reserve(
@@ -103,6 +128,25 @@ def reserve(
     return res
 
 
+def _pieces(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
+    """Observation pieces not shipped yet: (observation id, start, end)."""
+    pieces = [
+        (oid, max(start, shipped if shipped is not None else start), end)
+        for oid, start, end, shipped in conn.execute(
+            "SELECT o.id, o.start_ms, coalesce(o.end_ms, o.alive_ms), s.upto_ms"
+            " FROM observations o LEFT JOIN obs_shipped s ON s.obs_id = o.id"
+            " WHERE coalesce(o.end_ms, o.alive_ms) > coalesce(s.upto_ms, o.start_ms)"
+            " ORDER BY o.id"
+        )
+    ]
+    return [p for p in pieces if p[2] > p[1]]
+
+
+def _obs_only_due(conn: sqlite3.Connection, now_ms: int, force: bool) -> bool:
+    latest = conn.execute("SELECT max(created_ms) FROM batches").fetchone()[0]
+    return force or latest is None or now_ms - latest >= OBS_ONLY_EVERY_MS
+
+
 def _reserve(
     conn: sqlite3.Connection,
     gateway_id: str,
@@ -119,23 +163,10 @@ def _reserve(
     last = int(row[0]) if row else int(conn.execute(
         "SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])  # fmt: skip
     last = max(last, upto)
-    pieces = [
-        (oid, max(start, shipped if shipped is not None else start), end)
-        for oid, start, end, shipped in conn.execute(
-            "SELECT o.id, o.start_ms, coalesce(o.end_ms, o.alive_ms), s.upto_ms"
-            " FROM observations o LEFT JOIN obs_shipped s ON s.obs_id = o.id"
-            " WHERE coalesce(o.end_ms, o.alive_ms) > coalesce(s.upto_ms, o.start_ms)"
-            " ORDER BY o.id"
-        )
-    ]
-    pieces = [p for p in pieces if p[2] > p[1]]
-    if last == upto:
-        if not pieces:
-            return None
-        latest = conn.execute("SELECT max(created_ms) FROM batches").fetchone()[0]
-        if not force_observations and latest is not None and now_ms - latest < OBS_ONLY_EVERY_MS:
-            return None
-    from schemas.batch import batch_id  # pyarrow: loaded by the first export, not by ingest
+    pieces = _pieces(conn)
+    if last == upto and not (pieces and _obs_only_due(conn, now_ms, force_observations)):
+        return None
+    from schemas.batch import batch_id  # the worker has pyarrow loaded anyway
 
     seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()[0]) + 1
     bid = batch_id(gateway_id, seq)
@@ -160,31 +191,20 @@ def _reserve(
     return Reserved(seq, bid, upto + 1, last, path)
 
 
-# -- 2. build and write -------------------------------------------------------------------
+def has_work(conn: sqlite3.Connection, now_ms: int, force_observations: bool) -> bool:
+    """Whether an export run would write anything (the agent asks before starting a worker)."""
+    try:
+        if conn.execute("SELECT 1 FROM batches WHERE state = 'reserved' LIMIT 1").fetchone():
+            return True
+        upto = get_meta(conn, META_EXPORTED_UPTO)
+        if conn.execute("SELECT 1 FROM readings WHERE id > ? LIMIT 1", (upto,)).fetchone():
+            return True
+        return bool(_pieces(conn)) and _obs_only_due(conn, now_ms, force_observations)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the export cursor: {exc}") from exc
 
 
-def build_table(
-    db_path: Path,
-    conn: sqlite3.Connection,
-    gateway_id: str,
-    seq: int,
-    first_id: int,
-    last_id: int,
-) -> pa.Table:
-    """The batch's rows (BATCH_SCHEMA, readings then observations), from the buffer."""
-    import pyarrow as pa
-
-    from . import arrowio
-    from .registry import locations
-
-    raw = arrowio.read_readings(conn, first_id, last_id)
-    obs = conn.execute(
-        "SELECT start_ms, end_ms FROM batch_observations WHERE seq = ? ORDER BY start_ms, end_ms",
-        (seq,),
-    ).fetchall()
-    readings = arrowio.to_batch_rows(raw, gateway_id, locations(conn))
-    observations = arrowio.observation_rows(gateway_id, obs)
-    return pa.concat_tables([readings, observations])
+# -- 2. write (in the worker) --------------------------------------------------------------
 
 
 def write_file(table: pa.Table, path: Path, gateway_id: str, seq: int) -> tuple[int, str]:
@@ -202,6 +222,7 @@ def write_file(table: pa.Table, path: Path, gateway_id: str, seq: int) -> tuple[
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+        fault_point("mid_rename")
         _fsync_dir(path.parent)
         digest, size = file_sha256(path)
     except OSError as exc:
@@ -233,44 +254,26 @@ def file_sha256(path: Path) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-# -- 3. mark, and the whole step -------------------------------------------------------------
+# -- 3. mark (in the worker) -----------------------------------------------------------------
 
 
-def _write_and_mark(
-    db_path: Path, conn: sqlite3.Connection, gateway_id: str, r: Reserved, now_ms: int
-) -> Exported:
-    fault_point("after_reserve_before_write")
-    table = build_table(db_path, conn, gateway_id, r.seq, r.first_id, r.last_id)
-    import pyarrow.compute as pc
-
-    from schemas.batch import RECORD_READING
-
-    readings = table.filter(pc.equal(table["record_type"], RECORD_READING))
-    ts = readings["ts"]
-    lo = pc.min(ts).value if readings.num_rows else None
-    hi = pc.max(ts).value if readings.num_rows else None
-    size, digest = write_file(table, r.path, gateway_id, r.seq)
-    fault_point("after_export_before_mark")
+def mark(
+    conn: sqlite3.Connection, b: Exported, now_ms: int, ts_range: tuple[int | None, int | None]
+) -> None:
+    """Commit the ``exported`` state of a written batch."""
+    lo, hi = ts_range
     try:
         conn.execute(
             "UPDATE batches SET state = 'exported', sha256 = ?, bytes = ?, exported_ms = ?,"
             " readings = ?, observations = ?, min_ts_ms = ?, max_ts_ms = ?"
             " WHERE seq = ? AND state = 'reserved'",
-            (digest, size, now_ms, readings.num_rows, table.num_rows - readings.num_rows,
-             _ms(lo), _ms(hi), r.seq),
-        )  # fmt: skip
+            (b.sha256, b.bytes, now_ms, b.readings, b.observations, lo, hi, b.seq),
+        )
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot mark batch {r.batch_id} exported: {exc}") from exc
-    return Exported(
-        r.seq, r.batch_id, readings.num_rows, table.num_rows - readings.num_rows, size, digest,
-        r.path,
-    )  # fmt: skip
+        raise StoreError(f"cannot mark batch {b.batch_id} exported: {exc}") from exc
 
 
-def _ms(value: Any) -> int | None:
-    if value is None:
-        return None
-    return int(value.timestamp() * 1000) if hasattr(value, "timestamp") else int(value)
+# -- the agent's side ------------------------------------------------------------------------
 
 
 def export_pending(
@@ -284,29 +287,22 @@ def export_pending(
     force_observations: bool = False,
     max_batches: int = MAX_BATCHES_PER_RUN,
 ) -> list[Exported]:
-    """Finish batches a crash left ``reserved``, then export new data; the batches written."""
-    done: list[Exported] = []
-    with OUTBOX_LOCK:
-        stale = conn.execute(
-            "SELECT seq, batch_id, first_id, last_id, path FROM batches"
-            " WHERE state = 'reserved' ORDER BY seq"
-        ).fetchall()
-        for seq, bid, first, last, path in stale:
-            log.warning("batch %s was reserved but not written (crash?): writing it now", bid)
-            stale_batch = Reserved(seq, bid, first, last, Path(path))
-            done.append(_write_and_mark(db_path, conn, gateway_id, stale_batch, clock_ms()))
-        while len(done) < max_batches:
-            r = reserve(conn, gateway_id, outbox, max_rows, clock_ms(),
-                        force_observations=force_observations)  # fmt: skip
-            if r is None:
-                break
-            force_observations = False
-            done.append(_write_and_mark(db_path, conn, gateway_id, r, clock_ms()))
-    if done:
-        import pyarrow as pa
+    """Finish batches a crash left ``reserved``, then export new data; the batches written.
 
-        # give the batch's buffers back to the OS: a gateway has little memory to spare
-        pa.default_memory_pool().release_unused()
+    ``conn`` only answers "is there work?": a worker process does the rest.
+    """
+    from .worker import spawn
+
+    with outbox_lock(db_path.parent):
+        if not has_work(conn, clock_ms(), force_observations):
+            return []
+        args = ["export", "--db", str(db_path), "--gateway", gateway_id, "--outbox",
+                str(outbox), "--max-rows", str(max_rows), "--max-batches", str(max_batches),
+                "--now-ms", str(clock_ms())]  # fmt: skip
+        if force_observations:
+            args.append("--force-observations")
+        answer = spawn(args, ExportError, "export")
+    done = [Exported(**{**b, "path": Path(b["path"])}) for b in answer["batches"]]
     for b in done:
         log.info("exported %s: %d readings, %d observation intervals, %d bytes",
                  b.batch_id, b.readings, b.observations, b.bytes)  # fmt: skip
@@ -315,13 +311,11 @@ def export_pending(
 
 def rebuild(db_path: Path, conn: sqlite3.Connection, gateway_id: str, seq: int) -> str:
     """Write an exported batch's file again (it went missing); its new sha256."""
-    row = conn.execute(
-        "SELECT batch_id, first_id, last_id, path FROM batches WHERE seq = ?", (seq,)
-    ).fetchone()
-    if row is None:
+    from .worker import spawn
+
+    if conn.execute("SELECT 1 FROM batches WHERE seq = ?", (seq,)).fetchone() is None:
         raise ExportError(f"no batch with sequence {seq} in the buffer")
-    _, first, last, path = row
-    with OUTBOX_LOCK:
-        table = build_table(db_path, conn, gateway_id, seq, first, last)
-        _, digest = write_file(table, Path(path), gateway_id, seq)
-    return digest
+    with outbox_lock(db_path.parent):
+        args = ["rebuild", "--db", str(db_path), "--gateway", gateway_id, "--seq", str(seq)]
+        answer = spawn(args, ExportError, "rebuild")
+    return str(answer["sha256"])

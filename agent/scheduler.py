@@ -5,6 +5,10 @@ queue on the busy timeout) and runs on a scheduler thread, so a slow central or 
 DAG never blocks ingest. ``max_instances=1`` keeps a stage from overlapping itself and
 ``coalesce`` folds missed runs (a suspended gateway) into one. ``flush()`` runs every
 stage now, in order, on the caller's thread (``fleetpulse agent flush``).
+
+The DAG and the export need pyarrow and numpy (~150 MiB of RSS): each of their runs is a
+short-lived worker process (agent/worker.py) whose exit gives that memory back, so this
+process never imports them.
 """
 
 from __future__ import annotations
@@ -82,25 +86,25 @@ class Stages:
             b.close()
 
     def dag(self) -> int:
-        """Run the local KPI DAG; KPI rows written."""
-        from .dag import run_dag  # pyarrow and numpy load here, never in ingest
+        """Run the local KPI DAG in a worker process; KPI rows written."""
+        from .errors import DagError
+        from .worker import spawn
 
+        args = ["dag", "--db", str(self.cfg.db_path), "--gateway", self.cfg.gateway_id,
+                "--gap-k", repr(self.cfg.registry.gap_k),
+                "--record-dir", str(self.cfg.data_dir / "dag-runs"),
+                "--now-ms", str(self._clock_ms())]  # fmt: skip
+        if self.cfg.registry.path is not None:
+            args += ["--registry", str(self.cfg.registry.path)]
         try:
-            res = run_dag(
-                self._bufs["dag"].conn,
-                self.cfg.gateway_id,
-                self.cfg.registry.path,
-                self.cfg.registry.gap_k,
-                self.cfg.data_dir / "dag-runs",
-                clock_ms=self._clock_ms,
-            )
+            res = spawn(args, DagError, "DAG")
         except Exception as exc:
             self.stats.dag_failures += 1
             self.stats.dag_last_error = str(exc)
             raise
         self.stats.dag_runs += 1
-        self.stats.dag_last_s = res.duration_s
-        return res.rows
+        self.stats.dag_last_s = float(res["duration_s"])
+        return int(res["rows"])
 
     def export(self, *, force_observations: bool = False) -> list[str]:
         """Export new readings and observation pieces; batch ids written."""

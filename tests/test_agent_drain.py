@@ -58,6 +58,13 @@ def test_backlog_grows_while_central_is_down_then_drains(
         publish_all(broker.port, second)
         # the backlog grows: exported batches pile up, each upload attempt fails
         wait_for("backlog exported", lambda: _exported_rows(cfg) == 6000, 60)
+        # the export runs in a worker process: the whole backlog may be exported in one run,
+        # and the upload it wakes fails a moment later
+        wait_for(
+            "a failed upload",
+            lambda: scrape(metrics_url)["fleetpulse_agent_upload_failures_total"] >= 1,
+            30,
+        )
         m = scrape(metrics_url)
         assert m["fleetpulse_agent_backlog_rows"] == 6000
         assert m["fleetpulse_agent_backlog_batches"] >= 3

@@ -178,3 +178,45 @@ def test_every_agent_command_is_documented() -> None:
         assert f"fleetpulse agent {command}" in doc
     for flag in ("--json", "--day", "--device"):
         assert flag in doc
+
+
+def test_the_agent_process_never_loads_pyarrow(tmp_path: Path) -> None:
+    """DAG and export run in worker processes: the agent stays at its ingest-only RSS."""
+    config = agent_config(tmp_path)
+    cfg = cfg_of(config)
+    add_readings(cfg, (reading_row(i) for i in range(300)))
+    add_observation(cfg, T0_MS, T0_MS + 60_000, T0_MS + 60_000)
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from agent.config import load_config\n"
+        "from agent.scheduler import Stages\n"
+        f"stages = Stages(load_config(Path({str(config)!r}), environ={{}}))\n"
+        "rows = stages.dag()\n"
+        "ids = stages.export()\n"
+        "stages.close()\n"
+        "print(rows, len(ids), sorted(m for m in ('pyarrow', 'numpy', 'adbc_driver_manager')"
+        " if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=120)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    rows, n, loaded = out.stdout.split(maxsplit=2)
+    assert int(rows) > 0 and n == "1" and loaded.strip() == "[]"
+    assert [b["state"] for b in batches(cfg)] == ["exported"]
+
+
+def test_a_worker_failure_is_an_export_error_with_its_reason(tmp_path: Path) -> None:
+    from agent.errors import ExportError
+
+    config = agent_config(tmp_path)
+    cfg = cfg_of(config)
+    add_readings(cfg, [reading_row(0)])
+    cfg.outbox.parent.mkdir(parents=True, exist_ok=True)
+    cfg.outbox.write_text("not a directory")  # the worker cannot create the outbox
+    with pytest.raises(ExportError, match="cannot write batch file"):
+        export(config)
+    assert [b["state"] for b in batches(cfg)] == ["reserved"]
+    cfg.outbox.unlink()
+    (path,) = export(config)  # the reserved batch is written by the next run
+    assert [b["state"] for b in batches(cfg)] == ["exported"] and path.exists()

@@ -1,0 +1,254 @@
+"""The export and DAG worker: ``python -m agent.worker export|rebuild|dag``, one run, then exit.
+
+Why a process: pyarrow, numpy and the ADBC driver take the agent from ~45 MiB of RSS to
+~200 MiB once loaded, and a Python process never gives most of that back. The agent
+(``spawn``) starts this module for one export run, one rebuild or one DAG run; it answers
+with one JSON line on stdout (``{"error": ...}`` and exit status 1 when it failed) and its
+exit frees everything. Logs go to stderr, which is the agent's (the journal). A fault
+point (agent/faults.py) exits with ``FAULT_EXIT`` here; the agent reports the crash as
+an ExportError/DagError and the next run finishes what it left (reserved batches).
+
+Why two SQLite libraries, one at a time: ADBC's SQLite driver hands over Arrow columns
+~5x faster than the ``sqlite3`` cursor, but it links its own copy of SQLite. Two copies
+in one process break each other's POSIX locks: closing a file descriptor drops every
+lock the *process* holds on that file, and neither copy knows of the other's (SQLite's
+"how to corrupt" §2.2.1). So a run opens the buffer with one library at a time and
+closes it before the other opens it: reserve with ``sqlite3`` (it needs ``BEGIN
+IMMEDIATE`` and the existing transaction code), close; read the reserved id range with
+ADBC, close; build and write the file with no database open; mark with ``sqlite3``,
+close. Other processes (the agent's ingest) are unaffected: POSIX locks between
+processes work whatever library took them. Without the driver (no wheel for 32-bit ARM)
+the read falls back to the ``sqlite3`` cursor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from .errors import AgentError
+from .faults import FAULT_ENV, FAULT_EXIT, fault_point
+
+log = logging.getLogger(__name__)
+
+# A worker still running after this long is killed (its lock would stall the outbox).
+WORKER_TIMEOUT_S = 1800.0
+BUSY_TIMEOUT_MS = 5000
+
+
+# -- the agent's side ------------------------------------------------------------------------
+
+
+def spawn(args: Sequence[str], error: type[AgentError], what: str) -> dict[str, Any]:
+    """Run the worker with ``args``; its JSON answer, or ``error`` with the worker's reason."""
+    env = dict(os.environ)  # FLEETPULSE_FAULT must reach the worker
+    # the worker imports the very package this agent runs from
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    cmd = [sys.executable, "-m", "agent.worker", "--log-level", str(level), *args]
+    try:
+        proc = subprocess.run(
+            cmd, stdout=subprocess.PIPE, env=env, timeout=WORKER_TIMEOUT_S, check=False
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise error(f"{what} worker did not finish in {WORKER_TIMEOUT_S:.0f} s: killed") from exc
+    except OSError as exc:
+        raise error(f"cannot start the {what} worker ({sys.executable}): {exc}") from exc
+    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
+    answer: dict[str, Any] | None = None
+    with contextlib.suppress(ValueError, IndexError):
+        answer = json.loads(lines[-1])
+    if proc.returncode == 0 and isinstance(answer, dict) and "error" not in answer:
+        return answer
+    if isinstance(answer, dict) and "error" in answer:
+        raise error(str(answer["error"]))
+    if proc.returncode == FAULT_EXIT:
+        why = f"fault point {FAULT_ENV}={os.environ.get(FAULT_ENV, '?')}"
+    elif proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        why = f"killed by {name}" + (" (out of memory? see MemoryMax)" if name == "SIGKILL" else "")
+    else:
+        why = "no answer"
+    log.error("%s worker crashed (exit status %d, %s); the next run retries",
+              what, proc.returncode, why)  # fmt: skip
+    raise error(f"{what} worker crashed (exit status {proc.returncode}, {why})")
+
+
+# -- the worker's side -----------------------------------------------------------------------
+
+
+def _clock(now_ms: int) -> Callable[[], int]:
+    """The agent's clock at the start, advancing with the worker's monotonic time."""
+    start = time.monotonic()
+    return lambda: now_ms + int((time.monotonic() - start) * 1000)
+
+
+@contextlib.contextmanager
+def _sqlite(db: Path) -> Iterator[sqlite3.Connection]:
+    """A ``sqlite3`` connection that is closed before ADBC opens the file (see above)."""
+    try:
+        conn = sqlite3.connect(db, isolation_level=None)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    except sqlite3.Error as exc:
+        from .errors import StoreError
+
+        raise StoreError(f"cannot open the buffer {db}: {exc}") from exc
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def _inputs(conn: sqlite3.Connection, seq: int) -> tuple[list[tuple[int, int]], dict[str, Any]]:
+    """A reserved batch's observation pieces and the registry positions."""
+    from .registry import locations
+
+    obs = conn.execute(
+        "SELECT start_ms, end_ms FROM batch_observations WHERE seq = ? ORDER BY start_ms, end_ms",
+        (seq,),
+    ).fetchall()
+    return obs, locations(conn)
+
+
+def _write(db: Path, gateway: str, r: Any, obs: Any, locs: Any) -> dict[str, Any]:
+    """Read (ADBC), build and write one reserved batch; what ``mark`` records."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from . import arrowio
+    from .export import write_file
+
+    raw = arrowio.read_range(db, r.first_id, r.last_id)
+    table = pa.concat_tables([
+        arrowio.to_batch_rows(raw, gateway, locs), arrowio.observation_rows(gateway, obs)
+    ])  # fmt: skip
+    lo_hi = pc.min_max(raw["ts_ms"]).as_py() if raw.num_rows else {"min": None, "max": None}
+    size, digest = write_file(table, r.path, gateway, r.seq)
+    return {"seq": r.seq, "batch_id": r.batch_id, "readings": raw.num_rows,
+            "observations": len(obs), "bytes": size, "sha256": digest, "path": str(r.path),
+            "ts_range": (lo_hi["min"], lo_hi["max"])}  # fmt: skip
+
+
+def export(a: argparse.Namespace) -> dict[str, Any]:
+    """Finish reserved batches, then reserve, write and mark new ones (agent/export.py)."""
+    from .export import Exported, Reserved, mark, reserve
+
+    clock = _clock(a.now_ms)
+    force = a.force_observations
+    done: list[dict[str, Any]] = []
+    r: Reserved | None
+    while len(done) < a.max_batches:
+        with _sqlite(a.db) as conn:
+            row = conn.execute(
+                "SELECT seq, batch_id, first_id, last_id, path FROM batches"
+                " WHERE state = 'reserved' ORDER BY seq LIMIT 1"
+            ).fetchone()
+            if row is not None:
+                log.warning("batch %s was reserved but not written (crash?): writing it now",
+                            row[1])  # fmt: skip
+                r = Reserved(row[0], row[1], row[2], row[3], Path(row[4]))
+            else:
+                r = reserve(conn, a.gateway, a.outbox, a.max_rows, clock(),
+                            force_observations=force)  # fmt: skip
+                force = False
+            if r is None:
+                break
+            obs, locs = _inputs(conn, r.seq)
+        fault_point("after_reserve_before_write")
+        b = _write(a.db, a.gateway, r, obs, locs)
+        fault_point("after_export_before_mark")
+        ts_range = b.pop("ts_range")
+        with _sqlite(a.db) as conn:
+            mark(conn, Exported(**{**b, "path": r.path}), clock(), ts_range)
+        done.append(b)
+    return {"batches": done}
+
+
+def rebuild(a: argparse.Namespace) -> dict[str, Any]:
+    """Write an exported batch's file again from its recorded range."""
+    from .errors import ExportError
+    from .export import Reserved
+
+    with _sqlite(a.db) as conn:
+        row = conn.execute(
+            "SELECT batch_id, first_id, last_id, path FROM batches WHERE seq = ?", (a.seq,)
+        ).fetchone()
+        if row is None:
+            raise ExportError(f"no batch with sequence {a.seq} in the buffer")
+        r = Reserved(a.seq, row[0], row[1], row[2], Path(row[3]))
+        obs, locs = _inputs(conn, a.seq)
+    return {"sha256": _write(a.db, a.gateway, r, obs, locs)["sha256"]}
+
+
+def dag(a: argparse.Namespace) -> dict[str, Any]:
+    """One run of the local KPI DAG (agent/dag.py)."""
+    from .buffer import Buffer
+    from .dag import run_dag
+
+    buf = Buffer.open(a.db)
+    try:
+        res = run_dag(buf.conn, a.gateway, a.registry, a.gap_k, a.record_dir,
+                      clock_ms=_clock(a.now_ms))  # fmt: skip
+    finally:
+        buf.close()
+    return {"rows": res.rows, "days": [d.isoformat() for d in res.days],
+            "window_rows": res.window_rows, "duration_s": res.duration_s}  # fmt: skip
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agent.worker", description=__doc__)
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, fn in (("export", export), ("rebuild", rebuild), ("dag", dag)):
+        s = sub.add_parser(name)
+        s.set_defaults(fn=fn)
+        s.add_argument("--db", type=Path, required=True)
+        s.add_argument("--gateway", required=True)
+    ex = sub.choices["export"]
+    ex.add_argument("--outbox", type=Path, required=True)
+    ex.add_argument("--max-rows", type=int, required=True)
+    ex.add_argument("--max-batches", type=int, required=True)
+    ex.add_argument("--now-ms", type=int, required=True)
+    ex.add_argument("--force-observations", action="store_true")
+    sub.choices["rebuild"].add_argument("--seq", type=int, required=True)
+    dg = sub.choices["dag"]
+    dg.add_argument("--registry", type=Path, default=None)
+    dg.add_argument("--gap-k", type=float, required=True)
+    dg.add_argument("--record-dir", type=Path, default=None)
+    dg.add_argument("--now-ms", type=int, required=True)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; one JSON line on stdout; 0, or 1 with ``{"error": ...}``."""
+    a = _parser().parse_args(argv)
+    logging.basicConfig(level=a.log_level, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        answer = a.fn(a)
+    except AgentError as exc:
+        answer, status = {"error": str(exc)}, 1
+    except Exception as exc:  # the agent gets the reason, whatever broke
+        log.debug("worker failed", exc_info=True)
+        answer, status = {"error": f"{type(exc).__name__}: {exc}"}, 1
+    else:
+        status = 0
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
