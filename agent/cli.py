@@ -1,4 +1,5 @@
-"""``fleetpulse agent run|status|flush|kpis``: the agent's commands; errors: one line on stderr."""
+"""``fleetpulse agent run|status|flush|kpis|batches|requeue``: the agent's commands; errors: one
+line on stderr."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 
 
 def register(subs: Any, name: str, help_text: str) -> None:
-    """Add ``agent run``, ``status``, ``flush`` and ``kpis`` to the top-level parser."""
+    """Add ``agent run``, ``status``, ``flush``, ``kpis``, ``batches`` and ``requeue``."""
     p = subs.add_parser(name, help=help_text, description=help_text)
     commands = p.add_subparsers(dest="agent_command", metavar="COMMAND")
     p.set_defaults(handler=lambda args: _no_command(p))
@@ -81,6 +82,49 @@ def register(subs: Any, name: str, help_text: str) -> None:
     kpis.add_argument("--day", metavar="YYYY-MM-DD", help="only this UTC day")
     kpis.add_argument("--device", metavar="ID", help="only this device")
     kpis.set_defaults(handler=cmd_kpis)
+
+    from .status import BATCH_STATES
+
+    batches = commands.add_parser(
+        "batches",
+        help="list the outbox's batches by state, with central's reason",
+        description="List the batches of the outbox ledger by state (flagged, exported, "
+        "reserved, dropped; uploaded ones only counted unless asked for) with the HTTP "
+        "status and reason of the last attempt. Works while the agent runs.",
+    )
+    _add_config(batches)
+    batches.add_argument(
+        "--state", action="append", choices=BATCH_STATES, metavar="STATE",
+        help=f"only this state (repeatable; one of {', '.join(BATCH_STATES)}); default: "
+        "every state but uploaded",
+    )  # fmt: skip
+    batches.add_argument("--json", action="store_true", help="print one JSON object")
+    batches.set_defaults(handler=cmd_batches)
+
+    requeue = commands.add_parser(
+        "requeue",
+        help="put flagged batches (409, 400, 413, 422) back to be uploaded",
+        description="Put flagged batches back in the upload queue: central refused them for "
+        "good (409, 400, 413, 422) and the agent never retries them by itself. Fix the "
+        "cause first (see docs/operations.md, 'A flagged batch'). A batch whose file is "
+        "missing or changed is only put back with --rebuild, which writes it again from "
+        "its readings in the buffer. Safe while the agent runs; its next upload round "
+        "sends them (or run fleetpulse agent flush). Exit 0 when every batch named is "
+        "waiting for upload (or uploaded), 1 when one could not be put back, 2 on bad usage "
+        "(no batch id and no --all, or an unknown batch id).",
+    )
+    _add_config(requeue)
+    requeue.add_argument(
+        "batch_ids", nargs="*", metavar="BATCH_ID",
+        help="flagged batches to put back (see fleetpulse agent batches)",
+    )  # fmt: skip
+    requeue.add_argument("--all", action="store_true", help="every flagged batch")
+    requeue.add_argument(
+        "--rebuild", action="store_true",
+        help="write a missing or changed batch file again from the buffer's readings",
+    )  # fmt: skip
+    requeue.add_argument("--json", action="store_true", help="print a JSON list of outcomes")
+    requeue.set_defaults(handler=cmd_requeue)
 
 
 def _no_command(p: argparse.ArgumentParser) -> int:
@@ -218,4 +262,74 @@ def cmd_kpis(args: argparse.Namespace) -> int:
         cr = "-" if r["connectivity_ratio"] is None else f"{r['connectivity_ratio']:.3f}"
         print(f"{r['day']:<10}  {r['device_id']:<20} {r['site'] or '-':<12} {r['up_s']:>9.0f} "
               f"{r['down_s']:>9.0f} {r['unknown_s']:>9.0f} {up:>7} {cr:>6}")  # fmt: skip
+    return 0
+
+
+def cmd_batches(args: argparse.Namespace) -> int:
+    """``agent batches``: the outbox ledger by state."""
+    from .status import OPEN_STATES, list_batches
+
+    states = tuple(dict.fromkeys(args.state)) if args.state else OPEN_STATES
+    try:
+        cfg = _load(args)
+        listing = list_batches(cfg.db_path, states)
+    except AgentError as exc:
+        return _fail("batches", exc)
+    if args.json:
+        print(json.dumps(listing, indent=2))
+        return 0
+    counts = listing["counts"]
+    print("batches: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    if not listing["batches"]:
+        print(f"no batch is {' or '.join(states)}")
+    else:
+        print(f"{'batch_id':<32} {'state':<9} {'readings':>8} {'bytes':>10} {'tries':>5} "
+              f"{'http':>4}  reason")  # fmt: skip
+    for b in listing["batches"]:
+        print(f"{b['batch_id']:<32} {b['state']:<9} {b['readings']:>8} {b['bytes'] or 0:>10} "
+              f"{b['attempts']:>5} {b['http_status'] or '-':>4}  {b['reason'] or '-'}")  # fmt: skip
+    if not args.state and counts.get("uploaded"):
+        print(f"({counts['uploaded']} uploaded batch(es) not listed: --state uploaded)")
+    return 0
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """``agent requeue``: flagged batches back to the upload queue."""
+    from .buffer import Buffer, open_readonly
+    from .upload import requeue
+
+    if bool(args.batch_ids) == bool(args.all):
+        print("fleetpulse agent requeue: name the flagged batches (BATCH_ID ...) or pass --all, "
+              "not both: list them with fleetpulse agent batches --config PATH",
+              file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    try:
+        cfg = _load(args)
+        open_readonly(cfg.db_path).close()  # a missing buffer: say so, create nothing
+        buf = Buffer.open(cfg.db_path)
+        try:
+            done = requeue(cfg, buf.conn, args.batch_ids or None, rebuild_missing=args.rebuild)
+        finally:
+            buf.close()
+    except AgentError as exc:
+        return _fail("requeue", exc)
+    if args.json:
+        print(json.dumps([d.__dict__ for d in done], indent=2))
+    elif not done:
+        print("no flagged batch: nothing to do")
+    for d in done:
+        if not args.json:
+            print(f"{d.outcome:<12} {d.batch_id}: {d.detail}")
+    if any(d.outcome == "unknown" for d in done):
+        bad = ", ".join(d.batch_id for d in done if d.outcome == "unknown")
+        print(f"fleetpulse agent requeue: no batch {bad} in {cfg.db_path}: list them with "
+              "fleetpulse agent batches --config PATH", file=sys.stderr)  # fmt: skip
+        return EXIT_CONFIG
+    failed = [d for d in done if not d.ok]
+    if failed:
+        print(f"fleetpulse agent requeue: {len(failed)} batch(es) not put back: "
+              f"{failed[0].batch_id}: {failed[0].detail}", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    if any(d.outcome in ("requeued", "rebuilt") for d in done) and not args.json:
+        print("the agent's next upload round sends them (or: fleetpulse agent flush)")
     return 0

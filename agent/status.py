@@ -157,3 +157,33 @@ def format_text(status: dict[str, Any]) -> str:
             continue
         lines.append(f"{key}: {'-' if value is None else value}")
     return "\n".join(lines)
+
+
+BATCH_COLUMNS = ("batch_id", "state", "readings", "observations", "bytes", "created_ms",
+                 "uploaded_ms", "attempts", "http_status", "last_error")  # fmt: skip
+# ``agent batches`` lists these when no --state is given (uploaded ones are only counted)
+OPEN_STATES = ("flagged", "exported", "reserved", "dropped")
+BATCH_STATES = _BATCH_STATES
+
+
+def list_batches(path: Path, states: tuple[str, ...] = OPEN_STATES) -> dict[str, Any]:
+    """Batches in ``states`` (state order, then sequence) and the count of every state."""
+    conn = open_readonly(path)
+    try:
+        marks = ", ".join("?" * len(states))
+        cols = ", ".join(BATCH_COLUMNS)
+        rows = conn.execute(
+            f"SELECT {cols} FROM batches WHERE state IN ({marks}) ORDER BY seq", states
+        ).fetchall()
+        counts = dict(conn.execute("SELECT state, count(*) FROM batches GROUP BY state"))
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the outbox ledger of {path}: {exc}") from exc
+    finally:
+        conn.close()
+    records = [dict(zip(BATCH_COLUMNS, r, strict=True)) for r in rows]
+    records.sort(key=lambda r: states.index(r["state"]))  # stable: seq within a state
+    for r in records:
+        r["created"] = _iso(r.pop("created_ms"))
+        r["uploaded"] = _iso(r.pop("uploaded_ms"))
+        r["reason"] = r.pop("last_error")
+    return {"counts": {k: counts.get(k, 0) for k in _BATCH_STATES}, "batches": records}

@@ -432,3 +432,108 @@ def _reason(resp: httpx.Response) -> str:
     if isinstance(body, dict):
         return str(body.get("detail") or body.get("error") or body)[:500]
     return str(body)[:500]
+
+
+# -- operator: put flagged batches back ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Requeue:
+    """What ``requeue`` did with one batch; ``ok`` False: it is not waiting for upload."""
+
+    batch_id: str
+    outcome: str  # requeued | rebuilt | waiting | uploaded | missing_file | cannot | unknown
+    detail: str
+    ok: bool
+
+
+def requeue(
+    cfg: AgentConfig,
+    conn: sqlite3.Connection,
+    batch_ids: list[str] | None,
+    *,
+    rebuild_missing: bool = False,
+) -> list[Requeue]:
+    """Flagged batches (``batch_ids``; None: every flagged one) back to ``exported``.
+
+    A batch whose file is missing or changed on disk is put back only with
+    ``rebuild_missing`` (the file is written again from its readings in the buffer, the
+    path ``Uploader`` takes for a missing file); otherwise the outcome says so.
+    """
+    try:
+        if batch_ids is None:
+            rows = conn.execute(
+                "SELECT seq, batch_id, state, path, sha256, first_id, last_id, readings,"
+                " http_status, last_error FROM batches WHERE state = 'flagged' ORDER BY seq"
+            ).fetchall()
+        else:
+            rows = []
+            for bid in batch_ids:
+                row = conn.execute(
+                    "SELECT seq, batch_id, state, path, sha256, first_id, last_id, readings,"
+                    " http_status, last_error FROM batches WHERE batch_id = ?",
+                    (bid,),
+                ).fetchone()
+                rows.append(row if row is not None else (None, bid) + (None,) * 8)
+        return [_requeue_one(cfg, conn, row, rebuild_missing) for row in rows]
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot update the outbox ledger {cfg.db_path}: {exc}") from exc
+
+
+def _requeue_one(
+    cfg: AgentConfig, conn: sqlite3.Connection, row: tuple, rebuild_missing: bool
+) -> Requeue:
+    seq, bid, state, path, digest, first, last, readings, status, reason = row
+    if seq is None:
+        return Requeue(bid, "unknown", "no such batch in the buffer: list them with "
+                       "fleetpulse agent batches --config PATH", False)  # fmt: skip
+    if state == "exported":
+        return Requeue(bid, "waiting", "already waiting for upload", True)
+    if state == "uploaded":
+        return Requeue(bid, "uploaded", "already uploaded: nothing to do", True)
+    if state != "flagged":
+        why = {
+            "reserved": "its export is not finished: the next export run completes it",
+            "dropped": "its readings were deleted by on_full = drop_oldest: it cannot be sent",
+        }.get(state, f"state {state!r}")
+        return Requeue(bid, "cannot", f"not flagged ({state}): {why}", False)
+    was = f"was {status}: {reason}" if status else f"was flagged: {reason}"
+    file = Path(path)
+    problem = None
+    if not file.is_file():
+        problem = f"its file {file} is missing"
+    elif file_sha256(file)[0] != digest:
+        problem = f"its file {file} changed on disk (sha256 differs from the recorded one)"
+    outcome = "requeued"
+    if problem is not None:
+        present = conn.execute(
+            "SELECT count(*) FROM readings WHERE id BETWEEN ? AND ?", (first, last)
+        ).fetchone()[0]
+        if present != readings:
+            return Requeue(bid, "cannot", f"{problem} and only {present} of its {readings} "
+                           "readings are still in the buffer: it cannot be written again",
+                           False)  # fmt: skip
+        if not rebuild_missing:
+            return Requeue(bid, "missing_file", f"{problem}; its {readings} readings are still "
+                           "in the buffer: run again with --rebuild to write it from them",
+                           False)  # fmt: skip
+        new = rebuild(cfg.db_path, conn, cfg.gateway_id, seq)
+        size = file.stat().st_size
+        conn.execute("UPDATE batches SET sha256 = ?, bytes = ? WHERE seq = ?", (new, size, seq))
+        outcome = "rebuilt"
+        was += f"; file written again from {readings} readings (sha256 {new[:12]}…)"
+    cur = conn.execute(
+        "UPDATE batches SET state = 'exported', next_attempt_ms = 0, last_error = ?"
+        " WHERE seq = ? AND state = 'flagged'",
+        (f"requeued by an operator ({was})"[:500], seq),
+    )
+    if cur.rowcount != 1:
+        return Requeue(bid, "cannot", "its state changed meanwhile: look again", False)
+    log.info("batch %s put back for upload (%s)", bid, was)
+    hint = ""
+    if status == 409:
+        hint = (
+            "; central holds other content under this id: unless that copy was removed "
+            "on central, it will be flagged again"
+        )
+    return Requeue(bid, outcome, f"waiting for upload ({was}){hint}", True)
