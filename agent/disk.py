@@ -11,6 +11,15 @@ reaches the budget:
 - ``drop_oldest``: uploaded readings first, then the oldest not-uploaded batches and
   readings are deleted until usage is below ``RESUME_RATIO``; every dropped reading is
   counted (``meta.dropped_rows``, metric ``fleetpulse_agent_dropped_rows_total``).
+
+Between the periodic checks (``disk_check_s``) ingest could write past the budget for a
+whole period. So each check also measures the headroom left and the bytes a committed
+row costs (pages in use per row, or the usage growth per row since the last check,
+whichever is larger), and ingest calls ``note_commit(rows)`` after every COMMIT: an
+integer addition and a comparison, no stat() and no query. When the rows since the
+check could have used half the headroom, a check runs at once on a short-lived thread;
+under ``backpressure``, when they could have used all of it, ingest holds (``full``) until
+that check has measured — it lets go at once if there was room after all.
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import contextlib
 import logging
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +44,16 @@ log = logging.getLogger(__name__)
 RESUME_RATIO = 0.9
 # Rows deleted per transaction, so ingest's commits interleave with a big prune.
 DELETE_CHUNK = 20_000
+# The commit counter: a check runs once the rows committed since the last one could have
+# used this share of the headroom it measured (ingest holds at all of it).
+EARLY_CHECK_SHARE = 0.5
+# Bytes a row is assumed to cost while the buffer holds too few rows to tell (the WAL
+# frames of small commits make the first rows dear), and the bounds of the estimate.
+DEFAULT_ROW_BYTES = 1024
+MIN_ROW_BYTES = 64
+MAX_ROW_BYTES = 64 * 1024
+ESTIMATE_MIN_ROWS = 1000
+NEVER = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -147,16 +167,62 @@ class DiskGuard:
         self.conn = conn
         self.full = threading.Event()
         self.last_usage: Usage | None = None
+        self._alarm = False  # the budget is reached (``full`` may also be a counter's hold)
+        self._lock = threading.Lock()  # one check at a time (scheduler or counter)
+        # the commit counter: written by ingest only (note_commit); thresholds by checks
+        self.committed = 0
+        self._check_at = NEVER
+        self._hold_at = NEVER
+        self._kicked = False
+        self._base_rows = 0
+        self._base_total: int | None = None
+        self._clock_offset_ms = 0.0
+        self.early_checks = 0
+        self.row_bytes: float = DEFAULT_ROW_BYTES
+
+    # -- the ingest thread's side --------------------------------------------------------
+
+    def note_commit(self, rows: int) -> None:
+        """Ingest committed ``rows`` (readings + quarantined): check early if they may fill."""
+        n = self.committed + rows
+        self.committed = n
+        if n >= self._check_at and not self._kicked:
+            self._kicked = True
+            threading.Thread(target=self._early_check, name="fleetpulse-disk", daemon=True).start()
+        if n >= self._hold_at and not self.full.is_set():
+            self.full.set()  # until the check has measured: it lets go if there is room
+
+    def _early_check(self) -> None:
+        if not self._lock.acquire(blocking=False):
+            return  # a check is running: it re-arms the counter when done
+        try:
+            self.early_checks += 1
+            self._check(int(time.monotonic() * 1000 + self._clock_offset_ms))
+        except Exception as exc:  # the periodic check reports; ingest must not stop here
+            if not self._alarm:
+                self.full.clear()
+            self._kicked = False
+            log.error("early disk check failed: %s", exc)
+        finally:
+            self._lock.release()
+
+    # -- checks ---------------------------------------------------------------------------
 
     def check(self, now_ms: int) -> Usage:
         """Prune by retention, enforce the budget, raise or clear the alarm."""
+        with self._lock:
+            self._clock_offset_ms = now_ms - time.monotonic() * 1000
+            return self._check(now_ms)
+
+    def _check(self, now_ms: int) -> Usage:
         st = self.cfg.storage
         budget = st.max_disk_bytes
+        rows_at_start = self.committed  # rows committed later count against the next check
         retention_ms = int(st.retention_hours * 3_600_000)
         prune_uploaded(self.conn, now_ms - retention_ms)
         prune_quarantine(self.conn, now_ms - retention_ms)
         u = usage(self.conn, self.cfg.db_path, self.cfg.outbox)
-        over = u.total >= budget or (self.full.is_set() and u.total >= budget * RESUME_RATIO)
+        over = u.total >= budget or (self._alarm and u.total >= budget * RESUME_RATIO)
         # central has every uploaded reading: those go first whatever the retention
         if over and prune_uploaded(self.conn, None):
             self._checkpoint()
@@ -170,7 +236,8 @@ class DiskGuard:
                 self._checkpoint()
                 u = usage(self.conn, self.cfg.db_path, self.cfg.outbox)
                 rounds += 1
-        if u.total >= budget and not self.full.is_set():
+        if u.total >= budget and not self._alarm:
+            self._alarm = True
             self.full.set()
             log.error(
                 "disk budget reached: %d of [storage] max_disk_bytes = %d bytes in use; "
@@ -179,11 +246,44 @@ class DiskGuard:
                 u.total,
                 budget,
             )
-        elif self.full.is_set() and u.total < budget * RESUME_RATIO:
+        elif self._alarm and u.total < budget * RESUME_RATIO:
+            self._alarm = False
             self.full.clear()
             log.info("disk usage %d bytes is below the budget again: ingest resumes", u.total)
+        elif not self._alarm and self.full.is_set():
+            self.full.clear()  # the counter's hold: there was room after all
         self.last_usage = u
+        self._arm(rows_at_start, u)
         return u
+
+    def _arm(self, rows: int, u: Usage) -> None:
+        """Thresholds of the commit counter from this check's usage and cost per row."""
+        budget = self.cfg.storage.max_disk_bytes
+        per_row = self._pages_per_row(u)
+        grown_rows = rows - self._base_rows
+        if self._base_total is not None and grown_rows >= ESTIMATE_MIN_ROWS:
+            per_row = max(per_row, (u.total - self._base_total) / grown_rows)
+        self.row_bytes = per_row = min(MAX_ROW_BYTES, max(MIN_ROW_BYTES, per_row))
+        self._base_rows, self._base_total = rows, u.total
+        headroom = max(0, budget - u.total)
+        self._check_at = rows + max(1, int(headroom * EARLY_CHECK_SHARE / per_row))
+        hold = self.cfg.storage.on_full == "backpressure"
+        self._hold_at = rows + max(1, int(headroom / per_row)) if hold else NEVER
+        self._kicked = False
+
+    def _pages_per_row(self, u: Usage) -> float:
+        # ids only grow and the oldest go first: max - min + 1 is the live rows, O(log n)
+        try:
+            live = sum(
+                (hi - lo + 1) if hi is not None else 0
+                for lo, hi in (
+                    self.conn.execute(f"SELECT min(id), max(id) FROM {t}").fetchone()
+                    for t in ("readings", "quarantine")
+                )
+            )
+        except sqlite3.Error:
+            return DEFAULT_ROW_BYTES
+        return DEFAULT_ROW_BYTES if live < ESTIMATE_MIN_ROWS else u.db_pages / live
 
     def _rows_for(self, excess: int) -> int:
         n = self.conn.execute("SELECT count(*) FROM readings").fetchone()[0]

@@ -66,6 +66,8 @@ class Batcher:
         self.duplicates = 0
         self.quarantined = 0
         self.commits = 0
+        # after each COMMIT: rows written (the disk budget's counter, agent/disk.py)
+        self.on_commit: Callable[[int], None] | None = None
 
     @property
     def pending(self) -> int:
@@ -119,6 +121,8 @@ class Batcher:
         self.stored += inserted
         self.duplicates += len(self._readings) - inserted
         self.quarantined += len(self._quarantined)
+        if self.on_commit is not None:
+            self.on_commit(inserted + len(self._quarantined))
         acks, readings = self._acks, self._readings
         self._readings, self._quarantined, self._acks = [], [], []
         self._count = 0

@@ -182,6 +182,8 @@ class Service:
         from .scheduler import Scheduler, Stages
 
         self.stages = Stages(self.cfg, transport=self._transport, clock_ms=self._clock_ms)
+        if self.batcher is not None:  # each COMMIT feeds the disk budget's counter
+            self.batcher.on_commit = self.stages.disk.note_commit
         try:
             # before the first message: a full disk must hold acks from the start
             self.stages.check_disk()
