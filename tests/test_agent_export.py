@@ -220,3 +220,32 @@ def test_a_worker_failure_is_an_export_error_with_its_reason(tmp_path: Path) -> 
     cfg.outbox.unlink()
     (path,) = export(config)  # the reserved batch is written by the next run
     assert [b["state"] for b in batches(cfg)] == ["exported"] and path.exists()
+
+
+def test_a_batch_read_in_slices_keeps_order_sparse_columns_and_rebuilds(tmp_path: Path) -> None:
+    """Over 50,000 rows the worker reads and converts the range in parallel slices (ADBC)."""
+    from agent.worker import SLICE_ROWS
+
+    config = agent_config(tmp_path)
+    cfg = cfg_of(config)
+    n = SLICE_ROWS + 7
+    # the only event (a column NULL everywhere else) sits in the second slice
+    add_readings(cfg, (reading_row(i, kind="event", event_type="boot", metrics=None)
+                       if i == n - 3 else reading_row(i) for i in range(n)))  # fmt: skip
+    (path,) = export(config)
+    t = pq.read_table(path)
+    assert t.num_rows == n and t["seq"].to_pylist() == list(range(n))
+    assert t["event_type"].to_pylist()[n - 3] == "boot" and t["event_type"].null_count == n - 1
+    (b,) = batches(cfg)
+    assert (b["readings"], b["min_ts_ms"], b["max_ts_ms"]) == (
+        n,
+        T0_MS,
+        T0_MS + ((n - 1) // 5) * 30_000,
+    )
+    digest = file_sha256(path)[0]
+    path.unlink()
+    buf = Buffer.open(cfg.db_path)
+    try:
+        assert rebuild(cfg.db_path, buf.conn, cfg.gateway_id, 1) == digest
+    finally:
+        buf.close()
