@@ -29,6 +29,7 @@ FAULT_EXIT = 86
 FAULT_POINTS = frozenset(
     {
         "after_reserve_before_write",
+        "mid_rename",
         "after_export_before_mark",
         "after_upload_before_mark",
         "after_commit_before_ack",
