@@ -261,10 +261,15 @@ class DiskGuard:
         budget = self.cfg.storage.max_disk_bytes
         per_row = self._pages_per_row(u)
         grown_rows = rows - self._base_rows
-        if self._base_total is not None and grown_rows >= ESTIMATE_MIN_ROWS:
+        if self._base_total is None:  # no history yet: assume a dear row
+            per_row = max(per_row, DEFAULT_ROW_BYTES)
+            self._base_rows, self._base_total = rows, u.total
+        elif grown_rows >= ESTIMATE_MIN_ROWS:  # usage growth per row: pages and WAL frames
             per_row = max(per_row, (u.total - self._base_total) / grown_rows)
+            self._base_rows, self._base_total = rows, u.total
+        else:  # too few rows to tell: keep the last estimate (and the base)
+            per_row = max(per_row, self.row_bytes)
         self.row_bytes = per_row = min(MAX_ROW_BYTES, max(MIN_ROW_BYTES, per_row))
-        self._base_rows, self._base_total = rows, u.total
         headroom = max(0, budget - u.total)
         self._check_at = rows + max(1, int(headroom * EARLY_CHECK_SHARE / per_row))
         hold = self.cfg.storage.on_full == "backpressure"

@@ -211,6 +211,9 @@ def gather(
                    int(stages.disk.full.is_set())),
             Metric(p + "disk_budget_bytes", "gauge", "[storage] max_disk_bytes",
                    stages.cfg.storage.max_disk_bytes),
+            Metric(p + "disk_early_checks_total", "counter",
+                   "disk checks run early by the commit counter (ingest near the budget)",
+                   stages.disk.early_checks),
         ]  # fmt: skip
         if usage is not None:
             out.append(Metric(p + "disk_bytes", "gauge", "buffer pages + WAL + outbox in use",
