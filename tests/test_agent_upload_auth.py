@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -178,3 +179,59 @@ def test_403_token_of_another_gateway_pauses_too(
         assert stages.upload().skipped
     finally:
         stages.close()
+
+
+def test_running_agent_pauses_on_a_revoked_token_and_heals_from_the_file(
+    tmp_path: Path, central_server: CentralServer
+) -> None:
+    """``agent run`` end to end (no broker needed: readings go into its buffer directly)."""
+    from tests.agent_support import AgentProcess, wait_for
+    from tests.agent_upload_support import landed_readings
+
+    token = create_token(central_server.config, "gw-up")
+    config = agent_config(
+        tmp_path, url=central_server.url, token=token,
+        schedule={"export_interval_s": 1, "upload_interval_s": 1},
+        central={"auth_retry_s": 3600},
+    )  # fmt: skip
+    cfg = cfg_of(config)
+    url = f"http://{cfg.metrics_listen}/metrics"
+
+    def metric(name: str) -> float | None:
+        try:
+            text = httpx.get(url, timeout=2).text
+        except httpx.HTTPError:
+            return None
+        for line in text.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[-1])
+        return None
+
+    add_readings(cfg, (reading_row(i) for i in range(100)))
+    agent = AgentProcess(config, tmp_path / "agent.log").start()
+    try:
+        wait_for("the first upload", lambda: metric("fleetpulse_agent_backlog_rows") == 0, 60)
+        res = cli("central", "token", "revoke", "gw-up", "--config", str(central_server.config))
+        assert res.returncode == 0, res.stderr
+        add_readings(cfg, (reading_row(i) for i in range(100, 200)))
+        wait_for("the alarm", lambda: metric("fleetpulse_agent_upload_auth_refused") == 1, 60)
+        log = agent.log_text()
+        line = next(ln for ln in log.splitlines() if "refused the token" in ln)
+        assert " ERROR " in line and str(tmp_path / "central-token") in line
+        assert "fleetpulse central token create gw-up" in line
+        status = cli("agent", "status", "--config", str(config))
+        assert "UPLOAD PAUSED: central refused the token (401)" in status.stdout
+        # paused: three upload periods later central has seen that one refusal only
+        time.sleep(3.5)
+        assert refused_puts(central_server) == 1
+        assert metric("fleetpulse_agent_backlog_rows") == 100
+        # the operator writes a new token: it drains, no restart
+        (tmp_path / "central-token").write_text(create_token(central_server.config, "gw-up"))
+        wait_for("the backlog to drain", lambda: metric("fleetpulse_agent_backlog_rows") == 0, 60)
+        assert metric("fleetpulse_agent_upload_auth_refused") == 0
+        assert "uploads resume" in agent.log_text()
+        assert agent.terminate() == 0
+    finally:
+        if agent.alive():
+            agent.kill()
+    assert len(landed_readings(central_server.config.parent / "central")) == 200
