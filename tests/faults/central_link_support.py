@@ -66,13 +66,14 @@ class Central:
             self.server.start()
 
 
-def start_central(tmp: Path, gateway_id: str) -> Central:
+def start_central(tmp: Path, gateway_id: str, fault: str | None = None) -> Central:
+    """``central serve`` on a free port, ``FLEETPULSE_FAULT=fault`` armed if given."""
     port = free_port()
     data = tmp / "central"
     config = central_config(tmp / "central.toml", data, port)
     token_file = tmp / "gateway-token"
     token_file.write_text(create_token(config, gateway_id) + "\n")
-    with env_var("FLEETPULSE_FAULT", None):
+    with env_var("FLEETPULSE_FAULT", fault):
         server = CentralServer(config, port, tmp / "central.log").start()
     return Central(server, config, data, token_file)
 

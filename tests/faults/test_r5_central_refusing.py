@@ -111,7 +111,7 @@ class RefusingFront:
 def test_refusing_central_backoff_capped_rate_bounded_then_drains(
     broker: Broker, tmp_path: Path, figure: Figure
 ) -> None:
-    phase_s = pick(5, 200)  # each of the three refusal phases
+    phase_s = pick(4, 120)  # each of the three refusal phases
     cap_s = pick(2, 20)  # [central] retry_max_s
     retry_after = pick(2, 15)
     rate = pick(200, 100)

@@ -104,7 +104,7 @@ def _segment(n: int, first: int, devices: int = 20) -> list[Message]:
 def test_clock_jumps_lose_double_and_collide_nothing(
     broker: Broker, tmp_path: Path, figure: Figure
 ) -> None:
-    per_segment = pick(400, 5000)
+    per_segment = pick(200, 5000)
     central = start_central(tmp_path, GATEWAY)
     cfg = uploading_agent_config(
         tmp_path, broker.port, central.url, central.token_file, GATEWAY,
@@ -194,7 +194,7 @@ def test_backward_jump_during_upload_backoff_resumes_within_the_cap(
     clock.offset_ms = DAY_MS
     agent = ClockedAgent(cfg, clock).start()
     resumed: float | None = None
-    limit = RETRY_MAX_S + 1.0 + 3.0  # the cap, one upload period, slack
+    limit = RETRY_MAX_S + 1.0 + 2.0  # the cap, one upload period, slack
     try:
         wait_for("the agent to subscribe", lambda: agent.service.subscribed, 30)
         stages = agent.service.stages
