@@ -41,6 +41,18 @@ DAY_MS = 86_400_000
 META_DAG_OBS_MS = "dag_obs_ms"
 # Run records kept in data_dir/dag-runs (the newest).
 KEEP_RECORDS = 50
+# Window rows turned into Python objects at once (bounds the DAG worker's peak memory).
+READ_CHUNK = 16_384
+
+
+def _window_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([
+        ("ts_ms", pa.int64()), ("received_ms", pa.int64()), ("seq", pa.int64()),
+        ("device_id", pa.string()), ("kind", pa.string()), ("site", pa.string()),
+        ("state", pa.string()),
+    ])  # fmt: skip
 
 
 def wall_ms() -> int:
@@ -110,41 +122,57 @@ def window(
 
     if not touched_days:
         return BATCH_SCHEMA.empty_table()
+    raw_schema = _window_schema()
     g, h2 = margins_ms(devices, gap_k)
     margin = max(g, h2, SKEW_LIMIT_MS) + 1
-    cols: dict[str, list[Any]] = {c: [] for c in ("ts", "received_at", "seq", "device_id",
-                                                  "kind", "site", "state")}  # fmt: skip
+    chunks: list[pa.RecordBatch] = []
     obs: list[tuple[int, int]] = []
     for lo_day, hi_day in _runs(touched_days):
         lo = int(datetime(lo_day.year, lo_day.month, lo_day.day, tzinfo=UTC).timestamp()) * 1000
         hi = lo + ((hi_day - lo_day).days + 1) * DAY_MS
         lo, hi = lo - margin, hi + margin
-        rows = conn.execute(
+        cur = conn.execute(
             "SELECT ts_ms, received_ms, seq, device_id, kind, site, state FROM readings"
             " WHERE ts_ms >= ? AND ts_ms < ?"
             " UNION ALL SELECT ts_ms, received_ms, seq, device_id, kind, site, state FROM readings"
             " WHERE ts_ms >= ? AND received_ms >= ? AND received_ms < ?"
             " AND ts_ms - received_ms > ?",
             (lo, hi, hi, lo, hi, SKEW_LIMIT_MS),
-        ).fetchall()
-        for row in rows:
-            for name, value in zip(cols, row, strict=True):
-                cols[name].append(value)
+        )
+        # Arrow chunk by chunk: a busy gateway's day is over a million readings, whose
+        # Python objects all at once would need several hundred MiB in the DAG worker
+        while rows := cur.fetchmany(READ_CHUNK):
+            columns = zip(*rows, strict=True)
+            chunks.append(pa.record_batch(
+                [pa.array(c, f.type) for c, f in zip(columns, raw_schema, strict=True)],
+                schema=raw_schema,
+            ))  # fmt: skip
         obs += conn.execute(
             "SELECT start_ms, coalesce(end_ms, alive_ms) FROM observations"
             " WHERE start_ms < ? AND coalesce(end_ms, alive_ms) > ?",
             (hi, lo),
         ).fetchall()
-    n, m = len(cols["ts"]), len(obs)
+    raw = pa.Table.from_batches(chunks, schema=raw_schema).combine_chunks()
+    n, m = raw.num_rows, len(obs)
     ts_type = pa.timestamp("ms", tz="UTC")
+
+    def readings_then(name: str, tail: pa.Array) -> pa.Array:
+        head = raw[name].combine_chunks().cast(tail.type)
+        return pa.concat_arrays([head, tail])
+
     data = {f.name: pa.nulls(n + m, f.type) for f in BATCH_SCHEMA}
-    data["record_type"] = pa.array([RECORD_READING] * n + [RECORD_OBSERVATION] * m, pa.string())
-    data["gateway_id"] = pa.array([gateway_id] * (n + m), pa.string())
-    data["ts"] = pa.array(cols["ts"] + [s for s, _ in obs], pa.int64()).cast(ts_type)
-    data["received_at"] = pa.array(cols["received_at"] + [None] * m, pa.int64()).cast(ts_type)
-    data["end_ts"] = pa.array([None] * n + [e for _, e in obs], pa.int64()).cast(ts_type)
+    data["record_type"] = pa.concat_arrays([
+        pa.repeat(pa.scalar(RECORD_READING, pa.string()), n),
+        pa.repeat(pa.scalar(RECORD_OBSERVATION, pa.string()), m),
+    ])  # fmt: skip
+    data["gateway_id"] = pa.repeat(pa.scalar(gateway_id, pa.string()), n + m)
+    data["ts"] = readings_then("ts_ms", pa.array([s for s, _ in obs], pa.int64()).cast(ts_type))
+    data["received_at"] = readings_then("received_ms", pa.nulls(m, ts_type))
+    data["end_ts"] = pa.concat_arrays([
+        pa.nulls(n, ts_type), pa.array([e for _, e in obs], pa.int64()).cast(ts_type)
+    ])  # fmt: skip
     for name in ("seq", "device_id", "kind", "site", "state"):
-        data[name] = pa.array(cols[name] + [None] * m, BATCH_SCHEMA.field(name).type)
+        data[name] = readings_then(name, pa.nulls(m, BATCH_SCHEMA.field(name).type))
     # a long observation interval can overlap two runs of days: once is enough
     table = pa.Table.from_arrays([data[f.name] for f in BATCH_SCHEMA], schema=BATCH_SCHEMA)
     return table

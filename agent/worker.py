@@ -32,6 +32,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,9 @@ log = logging.getLogger(__name__)
 
 # A worker still running after this long is killed (its lock would stall the outbox).
 WORKER_TIMEOUT_S = 1800.0
+# One worker at a time per agent: an export and a DAG run that fall together queue, so the
+# unit's memory limit has to fit the agent plus one worker, not two.
+_ONE_AT_A_TIME = threading.Lock()
 BUSY_TIMEOUT_MS = 5000
 # Reading ids per slice: a 100k-row batch is read and converted as two slices in parallel.
 SLICE_ROWS = 50_000
@@ -65,9 +69,10 @@ def spawn(args: Sequence[str], error: type[AgentError], what: str) -> dict[str, 
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     cmd = [sys.executable, "-m", "agent.worker", "--log-level", str(level), *args]
     try:
-        proc = subprocess.run(
-            cmd, stdout=subprocess.PIPE, env=env, timeout=WORKER_TIMEOUT_S, check=False
-        )
+        with _ONE_AT_A_TIME:
+            proc = subprocess.run(
+                cmd, stdout=subprocess.PIPE, env=env, timeout=WORKER_TIMEOUT_S, check=False
+            )
     except subprocess.TimeoutExpired as exc:
         raise error(f"{what} worker did not finish in {WORKER_TIMEOUT_S:.0f} s: killed") from exc
     except OSError as exc:

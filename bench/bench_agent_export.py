@@ -2,8 +2,11 @@
 readings/s from MQTT into the central ledger (broker, agent and central as real processes).
 
 Export: 300,000 buffered readings of 500 devices (3 metrics, firmware, registry positions
-→ geohash) exported in 100,000-row batches exactly as the running agent does (reserve,
-read, convert, write temp → fsync → rename, mark). End to end: a QoS 1 backlog of 100,000
+→ geohash) exported in 100,000-row batches exactly as the running agent does: the agent's
+export stage starts its worker process (agent/worker.py), which reserves, reads (ADBC),
+converts, writes temp → fsync → rename and marks. Timed twice: as the agent's stage sees
+it (worker start and imports included) and the worker's own run (its JSON answer). RSS:
+the agent's before and after, the worker's peak. End to end: a QoS 1 backlog of 100,000
 messages queued for the agent's persistent session, then the agent (export and upload
 every second) and ``central serve`` start; the clock runs from the agent's start until the
 central ledger holds every reading. ``python -m bench agent_export``.
@@ -11,6 +14,7 @@ central ledger holds every reading. ``python -m bench agent_export``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -104,30 +108,45 @@ def _config(tmp: Path, **extra: str) -> Path:
     return path
 
 
+# Imported first by every Python process started with it on PYTHONPATH (the agent and its
+# workers): pandas is hidden as on a gateway, whose ``agent`` extra does not install it;
+# pyarrow imports it on first use when it is there, ~55 MiB in this dev venv.
+_NO_PANDAS = """
+import importlib.abc, sys
+
+class _NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError(f"No module named {name!r} (hidden, as on a gateway)")
+
+sys.meta_path.insert(0, _NoPandas())
+"""
+
+
+def _gateway_env(tmp: Path) -> dict[str, str]:
+    """The environment of an agent as on a gateway: no pandas, no FLEETPULSE_* overrides."""
+    site = tmp / "gateway-site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(_NO_PANDAS)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETPULSE_")}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def _export_child(cfg_path: str) -> None:
-    """Child process: RSS before pyarrow, export everything, RSS after; prints JSON.
+    """Child process (the agent's side): RSS, one export stage run, RSS; prints JSON."""
+    import resource
 
-    pandas is hidden as on a gateway (the ``agent`` extra does not install it): pyarrow
-    imports it on first use when it is there, which costs ~55 MiB in this dev venv.
-    """
-    import importlib.abc
-
-    class _NoPandas(importlib.abc.MetaPathFinder):
-        def find_spec(self, name: str, path: object, target: object = None) -> None:
-            if name.split(".")[0] == "pandas":
-                raise ModuleNotFoundError(f"No module named {name!r} (hidden, as on a gateway)")
-
-    sys.meta_path.insert(0, _NoPandas())
     from agent.config import load_config
     from agent.scheduler import Stages
 
     cfg = load_config(Path(cfg_path), environ={})
     proc = psutil.Process()
     stages = Stages(cfg)
-    rss_before = proc.memory_info().rss
     from agent.registry import refresh
 
     refresh(stages._bufs["export"].conn, cfg.registry.path)
+    rss_before = proc.memory_info().rss
     started = time.perf_counter()
     ids = stages.export()
     took = time.perf_counter() - started
@@ -136,20 +155,48 @@ def _export_child(cfg_path: str) -> None:
     rows, size = conn.execute("SELECT sum(readings), sum(bytes) FROM batches").fetchone()
     conn.close()
     stages.close()
+    # ru_maxrss of the children waited for: the export worker (KiB on Linux)
+    worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(json.dumps({"batches": len(ids), "rows": rows, "bytes": size, "seconds": took,
-                      "rss_before": rss_before, "rss_after": rss_after}))  # fmt: skip
+                      "rss_before": rss_before, "rss_after": rss_after,
+                      "worker_peak": worker_peak, "pandas": "pandas" in sys.modules}))  # fmt: skip
 
 
 def _export_bench() -> dict[str, float]:
-    with tempfile.TemporaryDirectory(prefix="fp-bench-export-") as tmp:
-        cfg = _config(Path(tmp), **{"central.batch_max_rows": "100000"})
+    with tempfile.TemporaryDirectory(prefix="fp-bench-export-") as tmp_s:
+        tmp = Path(tmp_s)
+        env = _gateway_env(tmp)
+        cfg = _config(tmp, **{"central.batch_max_rows": "100000"})
         json_bytes = _fill(cfg, N_EXPORT)
+        from agent.buffer import Buffer
+        from agent.config import load_config
+        from agent.registry import refresh
+
+        agent_cfg = load_config(cfg, environ={})
+        buf = Buffer.open(agent_cfg.db_path)
+        refresh(buf.conn, agent_cfg.registry.path)  # the registry cache, before the copy
+        buf.close()
+        db = agent_cfg.db_path
+        # the same buffer once more, for the worker run on its own
+        subprocess.run([sys.executable, "-c", f"import sqlite3; c = sqlite3.connect({str(db)!r});"
+                        f" c.execute(\"VACUUM INTO '{tmp / 'copy.sqlite3'}'\")"],
+                       check=True, timeout=300)  # fmt: skip
         out = subprocess.run(
             [sys.executable, "-m", "bench.bench_agent_export", "export", str(cfg)],
-            cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+            cwd=ROOT, capture_output=True, text=True, check=True, timeout=600, env=env,
         )  # fmt: skip
         res = json.loads(out.stdout.strip().splitlines()[-1])
         res["json_bytes"] = json_bytes
+        own = subprocess.run(
+            [sys.executable, "-m", "agent.worker", "export", "--db", str(tmp / "copy.sqlite3"),
+             "--gateway", "gw-bench", "--outbox", str(tmp / "outbox2"), "--max-rows", "100000",
+             "--max-batches", "50", "--now-ms", str(T0)],
+            cwd=ROOT, capture_output=True, text=True, check=True, timeout=600,
+            env={**env, "ARROW_DEFAULT_MEMORY_POOL": "system"},
+        )  # fmt: skip
+        answer = json.loads(own.stdout.strip().splitlines()[-1])
+        res["work_s"] = answer["work_s"]
+        res["work_rows"] = sum(b["readings"] for b in answer["batches"])
         return res
 
 
@@ -199,12 +246,18 @@ def _e2e_bench() -> dict[str, float]:
             agent = subprocess.Popen(
                 [sys.executable, "-m", "fleetpulse", "agent", "run", "--config", str(cfg)],
                 cwd=ROOT, stderr=open(tmp / "agent.log", "wb"),  # noqa: SIM115
+                env=_gateway_env(tmp),
             )  # fmt: skip
             ps = psutil.Process(agent.pid)
-            peak = [0]
+            peak = [0, 0]
 
             def done() -> bool:
-                peak[0] = max(peak[0], ps.memory_info().rss)
+                rss = ps.memory_info().rss
+                total = rss
+                for child in ps.children(recursive=True):
+                    with contextlib.suppress(psutil.Error):  # a worker that just exited
+                        total += child.memory_info().rss
+                peak[0], peak[1] = max(peak[0], rss), max(peak[1], total)
                 return _uploaded_readings(tmp / "data" / "agent.sqlite3") >= N_E2E
 
             _wait(done, 600, "the ledger")
@@ -217,7 +270,7 @@ def _e2e_bench() -> dict[str, float]:
                     p.wait(60)
             broker.kill()
         return {"seconds": took, "rate": N_E2E / took, "batches": batches, "rss_peak": peak[0],
-                "publish_s": publish_s}  # fmt: skip
+                "total_peak": peak[1], "publish_s": publish_s}  # fmt: skip
 
 
 def _healthy(port: int) -> bool:
@@ -265,42 +318,55 @@ def run() -> str:
     e2e = _e2e_bench()
     mib = 1024 * 1024
     per_reading = ex["bytes"] / ex["rows"]
+    assert not ex["pandas"], "pandas leaked into the measured agent"
     rows = [
-        ("export rate (SQLite → Parquet, incl. fsync and marks)",
+        ("export stage as the agent runs it (worker start and imports included)",
          f"**{ex['rows'] / ex['seconds']:,.0f} rows/s** ({ex['seconds']:.2f} s)"),
+        ("export worker's own run (reserve, ADBC read, convert, write + fsync, mark)",
+         f"**{ex['work_rows'] / ex['work_s']:,.0f} rows/s** ({ex['work_s']:.2f} s)"),
         ("Parquet bytes per reading (zstd)", f"**{per_reading:.1f} B**"),
         ("JSON payload bytes per reading",
          f"{ex['json_bytes']:.1f} B ({ex['json_bytes'] / per_reading:.1f}x the Parquet size)"),
-        ("agent RSS before / after its first export (pyarrow loads then; 100k-row batches)",
+        ("agent RSS before / after the export stage (pyarrow stays out of it)",
          f"{ex['rss_before'] / mib:.0f} / {ex['rss_after'] / mib:.0f} MiB"),
+        ("export worker peak RSS (100k-row batches)", f"{ex['worker_peak'] / mib:.0f} MiB"),
         ("**end to end: MQTT → SQLite → Parquet → HTTP → central ledger**",
          f"**{e2e['rate']:,.0f} readings/s** ({e2e['seconds']:.1f} s, {e2e['batches']} batches)"),
         (f"vs ThingsBoard IoT Gateway (~{THINGSBOARD_MSG_S:,} msg/s)",
          f"{e2e['rate'] / THINGSBOARD_MSG_S:.1f}x (target 5x)"),
-        ("agent peak RSS during the end-to-end run (dev venv: pandas loaded by pyarrow)",
-         f"{e2e['rss_peak'] / mib:.0f} MiB"),
+        ("end-to-end peak RSS: agent / agent + workers (sampled every 20 ms)",
+         f"{e2e['rss_peak'] / mib:.0f} / {e2e['total_peak'] / mib:.0f} MiB"),
     ]  # fmt: skip
     table = "\n".join(f"| {k} | {v} |" for k, v in rows)
     return f"""## Agent export and end-to-end delivery
 
 `bench/bench_agent_export.py`. Export: {ex["rows"]:,} buffered readings of {DEVICES} devices
-(3 metrics, firmware, geohash from registry positions) exported as the running agent does
-(reserve in SQLite, read through `sqlite3`, convert to Arrow, Parquet zstd with page
-checksums written temp → fsync → rename, mark), in {ex["batches"]} batches of 100,000 rows.
-End to end: {N_E2E:,} QoS 1 messages queued for the agent's persistent session on a private
-Mosquitto, then `fleetpulse agent run` (export and upload every 1 s) and `fleetpulse central
-serve` as real processes on loopback; timed from the agent's start until central has
-acknowledged every reading.
+(3 metrics, firmware, geohash from registry positions) exported as the running agent does:
+its export stage starts a worker process (`python -m agent.worker`), which reserves in
+SQLite, reads the range through the ADBC SQLite driver as Arrow columns (two 50k-row
+slices in parallel), converts, writes Parquet zstd with page checksums temp → fsync →
+rename → fsync(dir), and marks — {ex["batches"]} batches of 100,000 rows. The same buffer
+is exported once more by the worker alone to time its own run. pandas is hidden from
+every process, as on a gateway. End to end: {N_E2E:,} QoS 1 messages queued for the agent's
+persistent session on a private Mosquitto, then `fleetpulse agent run` (export and upload
+every 1 s) and `fleetpulse central serve` as real processes on loopback; timed from the
+agent's start until central has acknowledged every reading.
 
 | figure | value |
 |---|---|
 {table}
 
-The export target of 1M rows/s is not reached: the `sqlite3` cursor builds one Python
-object per cell and that read dominates (the ADBC SQLite driver hands over Arrow columns
-about twice as fast, but it links a second copy of SQLite into the process, which broke
-the ingest connection's POSIX locks in a test — SQLite's "how to corrupt" §2.2.1 — so the
-agent does not use it). The machine is shared with other work: figures vary run to run.
+The export target of 1M rows/s is not reached. Per 100k-row batch on this machine
+(profiled stage by stage when the worker was written, not re-measured by this run): ADBC
+read ~0.11 s (a `count()` scan that skips all-NULL columns, and the select), metrics JSON
+→ map ~0.07 s, geohash and the other columns ~0.02 s, Parquet zstd write ~0.06 s, fsyncs,
+sha256, reserve and mark ~0.02 s: ~0.27 s on one core, down to ~0.2 s when the two slices
+get both cores. ADBC made the read ~5x faster than the `sqlite3` cursor (0.6-0.7 s); the
+rest is conversion and compression, which would need a different batch layout (metrics
+kept as JSON text, no geohash) to go faster. A worker run also pays ~0.6 s of start-up
+(interpreter, pyarrow, numpy, the ADBC driver): that is the gap between the two export
+rows above, paid once per run, not per batch.
+The machine is shared with other work: figures vary run to run.
 """
 
 
