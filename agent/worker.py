@@ -24,10 +24,12 @@ the read falls back to the ``sqlite3`` cursor.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import logging
 import os
+import select
 import signal
 import sqlite3
 import subprocess
@@ -44,8 +46,14 @@ from .faults import FAULT_ENV, FAULT_EXIT, fault_point
 
 log = logging.getLogger(__name__)
 
-# A worker still running after this long is killed (its lock would stall the outbox).
+# A run still going after this long is killed (its lock would stall the outbox).
 WORKER_TIMEOUT_S = 1800.0
+# The worker stays for the next run, and leaves after this long without one: a busy
+# period (a backlog, a short export period) pays its ~0.6 s start-up once, while with the
+# default periods (export 60 s, DAG 300 s) it is gone between runs and holds no memory.
+IDLE_EXIT_S = 10.0
+# ...and after this many runs, so memory the allocator keeps cannot pile up.
+MAX_RUNS = 100
 # One worker at a time per agent: an export and a DAG run that fall together queue, so the
 # unit's memory limit has to fit the agent plus one worker, not two.
 _ONE_AT_A_TIME = threading.Lock()
@@ -57,44 +65,104 @@ SLICE_ROWS = 50_000
 # -- the agent's side ------------------------------------------------------------------------
 
 
+class _Kept:
+    """The agent's worker process between runs: started on demand, gone when idle."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.env_key: tuple[tuple[str, str], ...] = ()
+
+    def _start(self, env_key: tuple[tuple[str, str], ...]) -> subprocess.Popen[str]:
+        env = dict(env_key)  # FLEETPULSE_FAULT must reach the worker
+        # Arrow's default mimalloc pool keeps freed batch memory: the system allocator
+        # returns it, which lowers the worker's peak by ~60 MiB at the same speed
+        env.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+        # the worker imports the very package this agent runs from
+        root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        cmd = [sys.executable, "-m", "agent.worker", "--log-level", str(level), "serve",
+               "--idle-exit-s", str(IDLE_EXIT_S), "--max-runs", str(MAX_RUNS)]  # fmt: skip
+        self.env_key = env_key
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, text=True, bufsize=1
+        )
+        return self.proc
+
+    def run(self, args: Sequence[str]) -> tuple[str, int | None]:
+        """Send one run; (its answer line, None) or ("", exit status) if the worker died."""
+        env_key = tuple(sorted(os.environ.items()))
+        for _ in range(2):
+            proc = self.proc
+            if proc is None or proc.poll() is not None or env_key != self.env_key:
+                self.close()
+                proc = self._start(env_key)
+            assert proc.stdin is not None and proc.stdout is not None
+            # a worker stuck past the limit is killed: its lock would stall the outbox
+            timer = threading.Timer(WORKER_TIMEOUT_S, proc.kill)
+            timer.start()
+            try:
+                proc.stdin.write(json.dumps({"args": list(args)}) + "\n")
+                proc.stdin.flush()
+                line = proc.stdout.readline()
+            except OSError:
+                line = ""
+            finally:
+                timer.cancel()
+            if line:
+                return line, None
+            status = proc.wait()
+            self.proc = None
+            if status != 0:
+                return "", status
+            # exit 0 without an answer: it left idle just as the run was sent, and never
+            # read it; a fresh worker takes it
+        return "", 0
+
+    def close(self) -> None:
+        """End the worker (EOF on its stdin: it exits between runs)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError):
+            if proc.stdin is not None:
+                proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+_KEPT = _Kept()
+atexit.register(_KEPT.close)
+
+
 def spawn(args: Sequence[str], error: type[AgentError], what: str) -> dict[str, Any]:
-    """Run the worker with ``args``; its JSON answer, or ``error`` with the worker's reason."""
-    env = dict(os.environ)  # FLEETPULSE_FAULT must reach the worker
-    # Arrow's default mimalloc pool keeps freed batch memory: the system allocator returns
-    # it, which lowers the worker's peak by ~60 MiB at the same speed (100k-row batches)
-    env.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
-    # the worker imports the very package this agent runs from
-    root = str(Path(__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
-    cmd = [sys.executable, "-m", "agent.worker", "--log-level", str(level), *args]
+    """Run ``args`` in the worker; its JSON answer, or ``error`` with the worker's reason."""
     try:
         with _ONE_AT_A_TIME:
-            proc = subprocess.run(
-                cmd, stdout=subprocess.PIPE, env=env, timeout=WORKER_TIMEOUT_S, check=False
-            )
-    except subprocess.TimeoutExpired as exc:
-        raise error(f"{what} worker did not finish in {WORKER_TIMEOUT_S:.0f} s: killed") from exc
+            line, status = _KEPT.run(args)
     except OSError as exc:
         raise error(f"cannot start the {what} worker ({sys.executable}): {exc}") from exc
-    lines = proc.stdout.decode("utf-8", "replace").strip().splitlines()
-    answer: dict[str, Any] | None = None
-    with contextlib.suppress(ValueError, IndexError):
-        answer = json.loads(lines[-1])
-    if proc.returncode == 0 and isinstance(answer, dict) and "error" not in answer:
-        return answer
+    answer: Any = None
+    with contextlib.suppress(ValueError):
+        answer = json.loads(line) if line else None
     if isinstance(answer, dict) and "error" in answer:
         raise error(str(answer["error"]))
-    if proc.returncode == FAULT_EXIT:
+    if isinstance(answer, dict):
+        return answer
+    if status == FAULT_EXIT:
         why = f"fault point {FAULT_ENV}={os.environ.get(FAULT_ENV, '?')}"
-    elif proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        why = f"killed by {name}" + (" (out of memory? see MemoryMax)" if name == "SIGKILL" else "")
+    elif status is not None and status < 0:
+        name = signal.Signals(-status).name
+        why = f"killed by {name}" + (
+            " (out of memory, or over the time limit? see MemoryMax)" if name == "SIGKILL" else ""
+        )
     else:
         why = "no answer"
-    log.error("%s worker crashed (exit status %d, %s); the next run retries",
-              what, proc.returncode, why)  # fmt: skip
-    raise error(f"{what} worker crashed (exit status {proc.returncode}, {why})")
+    log.error("%s worker crashed (exit status %s, %s); the next run retries", what, status, why)
+    raise error(f"{what} worker crashed (exit status {status}, {why})")
 
 
 # -- the worker's side -----------------------------------------------------------------------
@@ -256,6 +324,9 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--now-ms", type=int, required=True)
     ex.add_argument("--force-observations", action="store_true")
     sub.choices["rebuild"].add_argument("--seq", type=int, required=True)
+    sv = sub.add_parser("serve", help="take runs as JSON lines on stdin (the agent's way)")
+    sv.add_argument("--idle-exit-s", type=float, default=IDLE_EXIT_S)
+    sv.add_argument("--max-runs", type=int, default=MAX_RUNS)
     dg = sub.choices["dag"]
     dg.add_argument("--registry", type=Path, default=None)
     dg.add_argument("--gap-k", type=float, required=True)
@@ -264,22 +335,47 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _answer(a: argparse.Namespace) -> tuple[dict[str, Any], int]:
+    try:
+        return a.fn(a), 0
+    except AgentError as exc:
+        return {"error": str(exc)}, 1
+    except Exception as exc:  # the agent gets the reason, whatever broke
+        log.debug("worker failed", exc_info=True)
+        return {"error": f"{type(exc).__name__}: {exc}"}, 1
+
+
+def _say(answer: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(answer) + "\n")
+    sys.stdout.flush()
+
+
+def serve(a: argparse.Namespace) -> int:
+    """Runs sent by the agent, one JSON line each, until EOF, idle or ``--max-runs``."""
+    parser = _parser()
+    for _ in range(a.max_runs):
+        ready, _, _ = select.select([sys.stdin], [], [], a.idle_exit_s)
+        line = sys.stdin.readline() if ready else ""
+        if not line:
+            return 0  # the agent is gone or has nothing more: free the memory
+        try:
+            run = parser.parse_args(json.loads(line)["args"])
+        except (ValueError, KeyError, TypeError, SystemExit) as exc:
+            _say({"error": f"bad request to the worker: {exc}"})
+            continue
+        _say(_answer(run)[0])
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; one JSON line on stdout; 0, or 1 with ``{"error": ...}``."""
+    """Run one command (one JSON line on stdout; 0, or 1 with ``{"error": ...}``) or serve."""
     a = _parser().parse_args(argv)
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
-    try:
-        answer = a.fn(a)
-    except AgentError as exc:
-        answer, status = {"error": str(exc)}, 1
-    except Exception as exc:  # the agent gets the reason, whatever broke
-        log.debug("worker failed", exc_info=True)
-        answer, status = {"error": f"{type(exc).__name__}: {exc}"}, 1
-    else:
-        status = 0
-    sys.stdout.write(json.dumps(answer) + "\n")
-    sys.stdout.flush()
+    if a.command == "serve":
+        return serve(a)
+    answer, status = _answer(a)
+    _say(answer)
     return status
 
 

@@ -249,3 +249,26 @@ def test_a_batch_read_in_slices_keeps_order_sparse_columns_and_rebuilds(tmp_path
         assert rebuild(cfg.db_path, buf.conn, cfg.gateway_id, 1) == digest
     finally:
         buf.close()
+
+
+def test_the_worker_stays_for_the_next_run_and_a_dead_one_is_replaced(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from agent import worker
+
+    config = agent_config(tmp_path)
+    cfg = cfg_of(config)
+    add_readings(cfg, [reading_row(0)])
+    export(config)
+    kept = worker._KEPT.proc
+    assert kept is not None and kept.poll() is None
+    add_readings(cfg, [reading_row(1)])
+    export(config)
+    assert worker._KEPT.proc is kept  # one start-up for both runs
+    os.kill(kept.pid, signal.SIGKILL)  # between runs (the OOM killer, say)
+    kept.wait()
+    add_readings(cfg, [reading_row(2)])
+    assert len(export(config)) == 1  # a fresh worker takes the run
+    assert worker._KEPT.proc is not kept
+    assert [b["readings"] for b in batches(cfg)] == [1, 1, 1]
