@@ -61,6 +61,16 @@ def full_jitter(attempt: int, base: float, cap: float, rand: Callable[[], float]
     return rand() * min(cap, base * 2 ** min(attempt, 40))
 
 
+def clamp_deadline(deadline_ms: int, now_ms: int, longest_ms: int) -> int:
+    """A wait deadline never further away than the wait that set it.
+
+    Deadlines are wall-clock (the clock is injected for tests); after the gateway's clock
+    jumps back, the remaining wait would grow by the jump (24 h back → uploads parked for a
+    day). Capping the remainder at the wait that was set bounds it at one more wait.
+    """
+    return min(deadline_ms, now_ms + max(0, longest_ms))
+
+
 def retry_after_s(value: str | None, now_s: float) -> float | None:
     """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date)."""
     if not value:
@@ -157,6 +167,7 @@ class Uploader:
         self._rand = rand
         self._attempt = 0
         self._not_before_ms = 0
+        self._wait_ms = 0  # the backoff that set _not_before_ms
         self._warned_token = False
         self.auth_pause: AuthPause | None = None
         self.stats = UploadStats()
@@ -180,6 +191,7 @@ class Uploader:
             res.skipped = "no [central] url configured: batches stay in the outbox"
             return res
         now = self._clock_ms()
+        self._not_before_ms = clamp_deadline(self._not_before_ms, now, self._wait_ms)
         if not force and now < self._not_before_ms:
             res.skipped = f"backing off for {(self._not_before_ms - now) / 1000:.1f} s more"
             return res
@@ -228,6 +240,8 @@ class Uploader:
         if cleared:  # another process (agent flush) got through with this token
             log.info("an upload with this token succeeded elsewhere: trying again")
             return False
+        wait_ms = int(self.cfg.central.auth_retry_s * 1000)
+        pause.retry_at_ms = clamp_deadline(pause.retry_at_ms, now_ms, wait_ms)
         return now_ms < pause.retry_at_ms
 
     # -- one batch ------------------------------------------------------------------------
@@ -316,7 +330,8 @@ class Uploader:
         if retry_after is not None:
             delay = max(delay, retry_after)
         self._attempt += 1
-        self._not_before_ms = self._clock_ms() + int(delay * 1000)
+        self._wait_ms = int(delay * 1000)
+        self._not_before_ms = self._clock_ms() + self._wait_ms
         self.stats.failures += 1
         self.stats.last_error = reason
         with contextlib.suppress(sqlite3.Error):

@@ -12,7 +12,7 @@ import pytest
 
 from agent.faults import FAULT_EXIT
 from agent.scheduler import Stages
-from agent.upload import full_jitter, retry_after_s
+from agent.upload import clamp_deadline, full_jitter, retry_after_s
 from tests.agent_upload_support import (
     T0_MS,
     DroppingProxy,
@@ -235,6 +235,42 @@ def test_backoff_is_full_jitter_capped_and_honours_retry_after(tmp_path: Path) -
         assert res.uploaded and len(set(seen)) == 1
     finally:
         stages.close()
+
+
+def test_backward_clock_jump_during_backoff_waits_at_most_one_more_backoff(
+    tmp_path: Path,
+) -> None:
+    answers = iter([500, 201])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(next(answers), json={"detail": "busy"})
+
+    config = agent_config(tmp_path, url="http://central.invalid", token="t",
+                          central={"retry_max_s": 60})  # fmt: skip
+    cfg = cfg_of(config)
+    add_readings(cfg, (reading_row(i) for i in range(10)))
+    day_ms = 86_400_000
+    now = [1_000_000_000 + day_ms]
+    stages = Stages(cfg, transport=httpx.MockTransport(handler), clock_ms=lambda: now[0],
+                    rand=lambda: 1.0)  # fmt: skip
+    try:
+        stages.export()
+        failed = stages.upload()
+        assert failed.retry_in_s == 1.0 and not failed.uploaded
+        now[0] -= day_ms  # the gateway's clock jumps back a day mid-backoff
+        waiting = stages.upload()
+        # still waiting, but no longer than the 1 s backoff that was set (not 24 h + 1 s)
+        assert waiting.skipped is not None and "1.0 s more" in waiting.skipped, waiting
+        now[0] += 1001
+        assert stages.upload().uploaded
+    finally:
+        stages.close()
+
+
+def test_clamp_deadline() -> None:
+    assert clamp_deadline(5_000, 4_000, 2_000) == 5_000  # in reach: unchanged
+    assert clamp_deadline(90_000, 4_000, 2_000) == 6_000  # clock went back: one more wait
+    assert clamp_deadline(0, 4_000, 0) == 0
 
 
 def test_jitter_and_retry_after_parsing() -> None:
