@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -19,7 +20,7 @@ from typing import Any
 
 import psutil
 
-from tests.agent_support import query
+from tests.agent_support import AgentProcess, query
 from tests.agent_upload_support import agent_config, landed_readings
 from tests.brokers import free_port
 from tests.central_support import CentralServer, create_token
@@ -44,6 +45,40 @@ def env_var(name: str, value: str | None) -> Iterator[None]:
             os.environ.pop(name, None)
         else:
             os.environ[name] = before
+
+
+class GroupAgentProcess(AgentProcess):
+    """``fleetpulse agent run`` in its own process group, killed with its children.
+
+    The agent's export worker is a child process. When the agent dies, systemd (the
+    shipped unit, default ``KillMode=control-group``) kills what is left of the unit before
+    it restarts it; ``kill_group`` does the same, so a restart never meets an orphaned
+    worker still holding the buffer's write lock.
+    """
+
+    def start(self) -> GroupAgentProcess:
+        env = dict(os.environ)
+        env.update(self.env or {})
+        with open(self.log, "ab") as log:
+            log.write(f"---- start {self.starts}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "fleetpulse", "agent", "run", "--config", str(self.config)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.starts += 1
+        return self
+
+    def kill_group(self) -> None:
+        """SIGKILL the agent and every process left in its group (its export worker)."""
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
 
 
 @dataclass

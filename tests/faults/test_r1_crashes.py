@@ -28,6 +28,7 @@ from tests.agent_support import (
 )
 from tests.brokers import Broker
 from tests.faults.central_link_support import (
+    GroupAgentProcess,
     agent_keys,
     batch_states,
     consolidate,
@@ -103,7 +104,7 @@ class _Armed:
     """The agent process, restarted with the next ``FLEETPULSE_FAULT`` point armed."""
 
     def __init__(self, config: Path, log: Path) -> None:
-        self.agent = AgentProcess(config, log)
+        self.agent = GroupAgentProcess(config, log)
         self.log = log
         self.armed: str | None = None
 
@@ -173,14 +174,15 @@ def test_fault_points_and_sigkills_lose_nothing_centrally(
             now = time.monotonic() - started
             if run.armed is not None and run.reached(run.armed) > hits[run.armed]:
                 hits[run.armed] += 1
-                if run.agent.alive():  # a child reached it: the agent goes down with it
-                    run.agent.kill()
+                # the agent (or its export worker) exited there: what is left of the unit is
+                # killed, as systemd does before a restart
+                run.agent.kill_group()
                 run.start(queue.pop() if queue else None)
             elif not run.agent.alive():
                 raise AssertionError(f"the agent exited by itself:\n{run.agent.log_text()[-3000:]}")
             if plan and now >= plan[0]:
                 plan.pop(0)
-                run.agent.kill()
+                run.agent.kill_group()
                 stored_at_kill.append(count(db))
                 time.sleep(rng.uniform(0.0, 0.3))
                 run.start(run.armed)  # the armed point stays armed
@@ -237,7 +239,8 @@ def test_fault_points_and_sigkills_lose_nothing_centrally(
     fired = ", ".join(f"{p} {hits[p]}" for p in [*points, "central_mid_rename"])
     figure(
         f"agent → central: {len(published):,} QoS 1 msgs, fault points fired ({fired}),"
-        f" {kills} agent SIGKILLs, {hits['central SIGKILL']} central SIGKILLs:"
+        f" {kills} SIGKILLs of the agent (its process group, as systemd's restart),"
+        f" {hits['central SIGKILL']} central SIGKILLs:"
         f" {missing} of {len(set(stored)):,} accepted readings missing centrally,"
         f" {landed_dupes} landed twice, {broker_acked_missing} broker-acked msgs missing"
         f" from the buffer; {len(files)} landed batches = {len(ledger)} ledger rows;"
