@@ -13,12 +13,13 @@ recorded range and pieces (the content depends only on them, the sequence and th
 registry). No upload ever reads a ``reserved`` batch, so its id has never reached central
 with other content.
 
-The steps run in a short-lived worker process (agent/worker.py): pyarrow, numpy and the
-ADBC driver cost the agent 150+ MiB of RSS once loaded, and a process that exits gives
-all of it back. The agent's side here (``export_pending``, ``rebuild``) checks whether
-there is anything to do with plain ``sqlite3``, holds ``OUTBOX_LOCK`` (and a file lock
-in ``data_dir``, against a ``fleetpulse agent flush`` next to the service) while the
-worker runs, and turns the worker's JSON answer back into ``Exported`` rows.
+The steps run in the worker process (agent/worker.py, gone 10 s after its last run):
+pyarrow, numpy and the ADBC driver cost the agent 150+ MiB of RSS once loaded, and a
+process that exits gives all of it back. The agent's side here (``export_pending``,
+``rebuild``) checks whether there is anything to do with plain ``sqlite3``, holds
+``OUTBOX_LOCK`` (and a file lock in ``data_dir``, against a ``fleetpulse agent flush``
+next to the service) while the worker runs, and turns the worker's JSON answer back into
+``Exported`` rows.
 """
 
 from __future__ import annotations

@@ -6,9 +6,9 @@ DAG never blocks ingest. ``max_instances=1`` keeps a stage from overlapping itse
 ``coalesce`` folds missed runs (a suspended gateway) into one. ``flush()`` runs every
 stage now, in order, on the caller's thread (``fleetpulse agent flush``).
 
-The DAG and the export need pyarrow and numpy (~150 MiB of RSS): each of their runs is a
-short-lived worker process (agent/worker.py) whose exit gives that memory back, so this
-process never imports them.
+The DAG and the export need pyarrow and numpy (~150 MiB of RSS): their runs go to a
+worker process (agent/worker.py) that exits 10 s after its last run and gives that
+memory back, so this process never imports them.
 """
 
 from __future__ import annotations

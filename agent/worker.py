@@ -1,12 +1,16 @@
-"""The export and DAG worker: ``python -m agent.worker export|rebuild|dag``, one run, then exit.
+"""The export and DAG worker process: ``python -m agent.worker serve|export|rebuild|dag``.
 
 Why a process: pyarrow, numpy and the ADBC driver take the agent from ~45 MiB of RSS to
 ~200 MiB once loaded, and a Python process never gives most of that back. The agent
-(``spawn``) starts this module for one export run, one rebuild or one DAG run; it answers
-with one JSON line on stdout (``{"error": ...}`` and exit status 1 when it failed) and its
-exit frees everything. Logs go to stderr, which is the agent's (the journal). A fault
-point (agent/faults.py) exits with ``FAULT_EXIT`` here; the agent reports the crash as
-an ExportError/DagError and the next run finishes what it left (reserved batches).
+(``spawn``) sends each export run, rebuild or DAG run to one ``serve`` worker as a JSON
+line on its stdin and reads one JSON line back (``{"error": ...}`` when it failed). The
+worker stays for the next run and exits after ``IDLE_EXIT_S`` without one, or at EOF
+(the agent is gone): busy periods pay the start-up once, and between the default
+periods no worker exists, so its memory is back with the system. Logs go to stderr,
+which is the agent's (the journal). A fault point (agent/faults.py) exits with
+``FAULT_EXIT`` here; the agent reports the crash as an ExportError/DagError and the next
+run, in a new worker, finishes what was left (reserved batches). ``export``, ``rebuild``
+and ``dag`` run once and exit (benchmarks, by hand).
 
 Why two SQLite libraries, one at a time: ADBC's SQLite driver hands over Arrow columns
 ~5x faster than the ``sqlite3`` cursor, but it links its own copy of SQLite. Two copies
@@ -26,6 +30,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -240,10 +245,22 @@ def _write(db: Path, gateway: str, r: Any, obs: Any, locs: Any) -> dict[str, Any
             "ts_range": (min(lows, default=None), max(highs, default=None))}  # fmt: skip
 
 
+_PRELOAD = ("pyarrow.compute", "pyarrow.json", "pyarrow.parquet", "pygeohash", "schemas.batch",
+            "agent.arrowio", "adbc_driver_manager", "adbc_driver_sqlite")  # fmt: skip
+
+
+def _preload() -> None:
+    """Import what a run needs up front, so ``work_s`` times the run and not the imports."""
+    for name in _PRELOAD:
+        with contextlib.suppress(ImportError):  # the driver is optional (see above)
+            importlib.import_module(name)
+
+
 def export(a: argparse.Namespace) -> dict[str, Any]:
     """Finish reserved batches, then reserve, write and mark new ones (agent/export.py)."""
     from .export import Exported, Reserved, mark, reserve
 
+    _preload()
     started = time.perf_counter()
     clock = _clock(a.now_ms)
     force = a.force_observations

@@ -155,6 +155,9 @@ def _export_child(cfg_path: str) -> None:
     rows, size = conn.execute("SELECT sum(readings), sum(bytes) FROM batches").fetchone()
     conn.close()
     stages.close()
+    from agent import worker
+
+    worker._KEPT.close()  # the worker stays for a next run: end it to read its peak
     # ru_maxrss of the children waited for: the export worker (KiB on Linux)
     worker_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     print(json.dumps({"batches": len(ids), "rows": rows, "bytes": size, "seconds": took,

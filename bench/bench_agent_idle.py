@@ -209,8 +209,10 @@ def run() -> str:
         )
         notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         notify.bind(str(work / "notify.sock"))
+        from bench.bench_agent_export import _gateway_env
+
         env = {
-            **os.environ,
+            **_gateway_env(work),  # pandas hidden, as on a gateway
             "NOTIFY_SOCKET": str(work / "notify.sock"),
             "WATCHDOG_USEC": str(WATCHDOG_USEC),
             "PYTHONUNBUFFERED": "1",
@@ -284,21 +286,23 @@ The trickle published {busy.messages} messages ({rate:.1f} msg/s); the buffer ho
 {watchdogs} `WATCHDOG=1` in {total_s:.0f} s (one per 30 s is expected with `WatchdogSec=60s`),
 ran {threads} thread(s), and exited with code {rc} on SIGTERM. Measured at commit
 `{_commit()}`; native code mapped into the agent: {native}. The DAG and the export
-run in short-lived worker processes (`python -m agent.worker`, agent/worker.py): pyarrow,
-numpy and the ADBC driver load there and leave with the worker, so the agent's own RSS
-stays at the ingest footprint. The idle phase still exports once (the gateway's first,
-observation-only batch): that worker is the "+ workers" peak there; in the trickle phase
-one export worker runs every `export_interval_s` (60 s). The DAG worker runs every
-`dag_interval_s` (300 s, not inside these phases) and costs about the same as an export
-worker's start (~0.7 s of CPU here). In this dev venv pyarrow also imports pandas in the
-worker (~55 MiB) which a gateway with only the `agent` extra does not have.
+run in a worker process (`python -m agent.worker serve`, agent/worker.py) that leaves 10 s
+after its last run: pyarrow, numpy and the ADBC driver load there and leave with it, so
+the agent's own RSS stays at the ingest footprint. The idle phase still exports once (the
+gateway's first, observation-only batch): that worker is the "+ workers" peak there; in
+the trickle phase a worker starts for the export every `export_interval_s` (60 s) and
+its start-up (~0.7 s of CPU here) is most of the CPU column. The DAG runs every
+`dag_interval_s` (300 s, not inside these phases) and costs about the same start-up.
+pandas is hidden from the agent and its workers, as on a gateway with only the `agent`
+extra (in this dev venv pyarrow would import it in the worker, ~55 MiB more).
 
 Sizing on a Raspberry Pi (estimates, not measured on a Pi): RSS is mostly the Python
 interpreter, pydantic-core and paho, and is about the same on 64-bit ARM; expect a few
 MiB less on 32-bit Raspberry Pi OS. A Pi 3 (1 GiB, Cortex-A53 at 1.2 GHz) is roughly
 6-8x slower per core than this machine, a Pi 4 (Cortex-A72 at 1.5-1.8 GHz) 2.5-3.5x:
-scale the CPU column by that (a worker's start-up, ~0.7 s of CPU here, is ~5 s on a Pi 3:
-about 2 % of one of its cores with an export a minute and a DAG run every 5 minutes).
+scale the CPU column by that: a worker's start-up, ~0.7 s of CPU here, is ~5 s on a Pi 3,
+so with an export a minute and a DAG run every 5 minutes about 10 % of one of its four
+cores goes to starting workers (a longer `export_interval_s` lowers it).
 Memory: the unit's `MemoryHigh=384M` / `MemoryMax=512M` count the agent and its workers
 together; the figures above and `bench_agent_export` (the worker's peak during a 100k-row
 backlog export) leave headroom under them. On a 1 GiB Pi 3 leave the rest for Mosquitto,
