@@ -185,6 +185,8 @@ def _sqlite(db: Path) -> Iterator[sqlite3.Connection]:
     try:
         conn = sqlite3.connect(db, isolation_level=None)
         conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        # as the agent's own connections: a commit (reserve, mark) survives a power cut
+        conn.execute("PRAGMA synchronous = FULL")
     except sqlite3.Error as exc:
         from .errors import StoreError
 
@@ -312,15 +314,13 @@ def rebuild(a: argparse.Namespace) -> dict[str, Any]:
 
 def dag(a: argparse.Namespace) -> dict[str, Any]:
     """One run of the local KPI DAG (agent/dag.py)."""
-    from .buffer import Buffer
     from .dag import run_dag
 
-    buf = Buffer.open(a.db)
-    try:
-        res = run_dag(buf.conn, a.gateway, a.registry, a.gap_k, a.record_dir,
+    # not Buffer.open: the agent has set the schema up, and its set-up transaction (read,
+    # then write) fails at once with "database is locked" when ingest commits in between
+    with _sqlite(a.db) as conn:
+        res = run_dag(conn, a.gateway, a.registry, a.gap_k, a.record_dir,
                       clock_ms=_clock(a.now_ms))  # fmt: skip
-    finally:
-        buf.close()
     return {"rows": res.rows, "days": [d.isoformat() for d in res.days],
             "window_rows": res.window_rows, "duration_s": res.duration_s}  # fmt: skip
 
@@ -367,8 +367,27 @@ def _say(answer: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _exit_with_the_agent() -> None:
+    """Exit at once when the agent dies, even mid-run (a crash the protocol recovers from).
+
+    EOF on stdin ends an idle worker, but a running one would go on writing to the buffer
+    while a restarted agent opens it; systemd kills the whole unit on a crash, other
+    supervisors may not.
+    """
+    agent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == agent:
+            time.sleep(0.2)
+        log.error("the agent (pid %d) is gone: exiting", agent)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="agent-watch", daemon=True).start()
+
+
 def serve(a: argparse.Namespace) -> int:
     """Runs sent by the agent, one JSON line each, until EOF, idle or ``--max-runs``."""
+    _exit_with_the_agent()
     parser = _parser()
     for _ in range(a.max_runs):
         ready, _, _ = select.select([sys.stdin], [], [], a.idle_exit_s)

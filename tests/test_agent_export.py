@@ -272,3 +272,39 @@ def test_the_worker_stays_for_the_next_run_and_a_dead_one_is_replaced(tmp_path: 
     assert len(export(config)) == 1  # a fresh worker takes the run
     assert worker._KEPT.proc is not kept
     assert [b["readings"] for b in batches(cfg)] == [1, 1, 1]
+
+
+def test_the_worker_does_not_outlive_a_killed_agent(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    config = agent_config(tmp_path)
+    cfg = cfg_of(config)
+    add_readings(cfg, [reading_row(0)])
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from agent import worker\n"
+        "from agent.config import load_config\n"
+        "from agent.scheduler import Stages\n"
+        f"stages = Stages(load_config(Path({str(config)!r}), environ={{}}))\n"
+        "stages.export()\n"
+        "print(worker._KEPT.proc.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    agent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             cwd=ROOT)  # fmt: skip
+    assert agent.stdout is not None
+    pid = int(agent.stdout.readline())
+    os.kill(agent.pid, signal.SIGKILL)  # no atexit, no clean close: a crash
+    agent.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"worker {pid} still running after its agent was killed")
