@@ -388,6 +388,10 @@ def _exit_with_the_agent() -> None:
 def serve(a: argparse.Namespace) -> int:
     """Runs sent by the agent, one JSON line each, until EOF, idle or ``--max-runs``."""
     _exit_with_the_agent()
+    # systemd's stop (and Ctrl-C) signals the whole group: the agent stops its scheduler,
+    # which lets a run in progress finish, then closes our stdin; until then, carry on
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parser = _parser()
     for _ in range(a.max_runs):
         ready, _, _ = select.select([sys.stdin], [], [], a.idle_exit_s)
