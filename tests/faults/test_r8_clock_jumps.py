@@ -19,8 +19,6 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 from agent.service import Service
 from schemas import Reading
 from tests.agent_support import (
@@ -169,12 +167,6 @@ def test_clock_jumps_lose_double_and_collide_nothing(
 RETRY_MAX_S = 2.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent/upload.py keeps its backoff deadline in wall-clock ms (_not_before_ms): a"
-    " backward jump of 24 h while a backoff is pending parks uploads for 24 h (nothing is"
-    " lost, `agent flush` forces them); fix: a monotonic deadline",
-)
 def test_backward_jump_during_upload_backoff_resumes_within_the_cap(
     broker: Broker, tmp_path: Path, figure: Figure
 ) -> None:
