@@ -30,6 +30,8 @@ from .errors import StoreError
 log = logging.getLogger(__name__)
 
 GEOHASH_PRECISION = 6
+# As the agent's own connections (agent/buffer.py): wait this long for a lock, then fail.
+BUSY_TIMEOUT_MS = 5000
 # Rows turned into Python objects at once while reading a batch (bounds peak memory).
 READ_CHUNK = 16_384
 _RAW_SCHEMA = pa.schema(
@@ -83,9 +85,10 @@ def read_readings_adbc(db_path: Path, first_id: int, last_id: int) -> pa.Table:
 
     rng = pa.record_batch([pa.array([int(first_id)]), pa.array([int(last_id)])], names=["a", "b"])
 
-    def query(stmt: am.AdbcStatement, sql: str) -> pa.Table:
+    def query(stmt: am.AdbcStatement, sql: str, bind: bool = True) -> pa.Table:
         stmt.set_sql_query(sql)
-        stmt.bind(rng)
+        if bind:
+            stmt.bind(rng)
         handle, _ = stmt.execute_query()
         return pa.RecordBatchReader._import_from_c(handle.address).read_all()
 
@@ -95,6 +98,9 @@ def read_readings_adbc(db_path: Path, first_id: int, last_id: int) -> pa.Table:
             am.AdbcConnection(db) as conn,
             am.AdbcStatement(conn) as stmt,
         ):
+            # the driver sets no busy timeout: without one a read that meets a moment's lock
+            # (the WAL index being rebuilt after a crash, a checkpoint) fails at once
+            query(stmt, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}", bind=False)
             # the driver infers each column's type from its first batch of rows: one batch
             # for the whole range, so a column whose first rows are NULL is still typed right
             span = max(1, min(int(last_id) - int(first_id) + 1, 1 << 22))
