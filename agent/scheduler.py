@@ -73,7 +73,8 @@ class Stages:
     ) -> None:
         self.cfg = cfg
         self._clock_ms = clock_ms
-        self._bufs = {n: Buffer.open(cfg.db_path) for n in ("dag", "export", "upload", "disk")}
+        # the DAG has none: it runs in the worker process, with its own
+        self._bufs = {n: Buffer.open(cfg.db_path) for n in ("export", "upload", "disk")}
         self.uploader = Uploader(
             cfg, self._bufs["upload"].conn, transport=transport, clock_ms=clock_ms, rand=rand
         )
