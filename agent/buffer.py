@@ -221,7 +221,12 @@ class Buffer:
                     f"{path} has buffer schema {version}, newer than this agent's "
                     f"{SCHEMA_VERSION}: upgrade fleetpulse or point data_dir elsewhere"
                 )
-            conn.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            # IMMEDIATE: take the write lock up front, waiting on the busy timeout; a plain
+            # BEGIN reads first and then fails at once with "database is locked" when another
+            # process (the running agent, its worker) commits before the upgrade to a write
+            conn.executescript(
+                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+            )
         except sqlite3.Error as exc:
             conn.close()
             raise StoreError(f"cannot set up the buffer {path}: {exc}") from exc

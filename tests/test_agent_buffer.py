@@ -100,6 +100,34 @@ def test_missing_db_and_newer_schema(tmp_path: Path) -> None:
         Buffer.open(path)
 
 
+def test_open_waits_for_another_writer_instead_of_failing(tmp_path: Path) -> None:
+    """A second process opening the buffer (agent flush, a restart) while the agent commits."""
+    import threading
+
+    path = tmp_path / "agent.sqlite3"
+    Buffer.open(path).close()
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("UPDATE meta SET value = value + 1 WHERE key = 'dropped_rows'")
+    opened: list[object] = []
+
+    def open_it() -> None:
+        try:
+            opened.append(Buffer.open(path, busy_timeout_ms=5000))
+        except StoreError as exc:
+            opened.append(exc)
+
+    t = threading.Thread(target=open_it)
+    t.start()
+    t.join(0.3)  # it is waiting on the writer's lock, not failed
+    assert t.is_alive() and not opened
+    writer.execute("COMMIT")
+    writer.close()
+    t.join(10)
+    assert len(opened) == 1 and isinstance(opened[0], Buffer), opened
+    opened[0].close()
+
+
 class Clock:
     def __init__(self) -> None:
         self.now = 0.0
