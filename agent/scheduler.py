@@ -147,10 +147,28 @@ class Stages:
         return out
 
 
-class Scheduler:
-    """Runs the stages periodically on APScheduler's thread pool."""
+# The system clock is compared with the monotonic clock this often; a change of their
+# difference larger than CLOCK_JUMP_S is a jump (NTP stepping a Pi without an RTC, an
+# operator's `date -s`), not drift.
+CLOCK_CHECK_S = 5.0
+CLOCK_JUMP_S = 30.0
 
-    def __init__(self, stages: Stages) -> None:
+
+class Scheduler:
+    """Runs the stages periodically on APScheduler's thread pool.
+
+    APScheduler keeps next run times in wall-clock time: after the system clock steps back a
+    day, every stage would wait a day. A watcher thread on the monotonic clock sees the jump
+    and runs every stage at once, which re-anchors their periods on the new clock.
+    """
+
+    def __init__(
+        self,
+        stages: Stages,
+        *,
+        wall_s: Callable[[], float] = time.time,
+        mono_s: Callable[[], float] = time.monotonic,
+    ) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         # one line per job run at INFO is noise on a gateway's journal
@@ -170,6 +188,36 @@ class Scheduler:
             "dag": (stages.dag, cfg.dag_interval_s),
         }
         self._lock = threading.Lock()
+        self._wall_s = wall_s
+        self._mono_s = mono_s
+        self._skew = wall_s() - mono_s()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self.clock_jumps = 0
+
+    def check_clock(self) -> float | None:
+        """Seconds the system clock jumped since the last check (None: no jump); re-arms."""
+        skew = self._wall_s() - self._mono_s()
+        jump = skew - self._skew
+        self._skew = skew
+        if abs(jump) <= CLOCK_JUMP_S:
+            return None
+        self.clock_jumps += 1
+        log.warning(
+            "the system clock jumped %+.0f s: running every stage now so their periods follow"
+            " the new clock",
+            jump,
+        )
+        for name in self._jobs:
+            self.wake(name)
+        return jump
+
+    def _watch_clock(self) -> None:
+        while not self._stopping.wait(CLOCK_CHECK_S):
+            try:
+                self.check_clock()
+            except Exception:  # the watcher must outlive a scheduler hiccup
+                log.exception("clock check failed")
 
     def _export_then_upload(self) -> None:
         # a fresh batch need not wait a whole upload period
@@ -209,7 +257,12 @@ class Scheduler:
                 next_run_time=first,
             )  # fmt: skip
         self._sched.start()
+        self._watcher = threading.Thread(target=self._watch_clock, name="clock", daemon=True)
+        self._watcher.start()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=CLOCK_CHECK_S + 1)
         # running jobs finish (an upload is bounded by [central] timeout_s)
         self._sched.shutdown(wait=True)
