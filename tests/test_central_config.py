@@ -68,3 +68,15 @@ def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
 def test_split_listen_refuses(bad: str) -> None:
     with pytest.raises(ValueError, match="HOST:PORT"):
         split_listen(bad)
+
+
+def test_duckdb_memory_limit_defaults_to_a_bound_and_names_a_bad_size(tmp_path: Path) -> None:
+    assert load_config(None, environ={}).consolidate.duckdb_memory_limit == "1500MB"
+    unlimited = load_config(None, environ={"FLEETPULSE_CONSOLIDATE__DUCKDB_MEMORY_LIMIT": ""})
+    assert unlimited.consolidate.duckdb_memory_limit == ""
+    big = load_config(None, environ={"FLEETPULSE_CONSOLIDATE__DUCKDB_MEMORY_LIMIT": "8GB"})
+    assert big.consolidate.duckdb_memory_limit == "8GB"
+    bad = tmp_path / "central.toml"
+    bad.write_text('[consolidate]\nduckdb_memory_limit = "lots"\n')
+    with pytest.raises(ConfigError, match=r"consolidate\.duckdb_memory_limit.*'lots'.*1500MB"):
+        load_config(bad, environ={})

@@ -287,7 +287,7 @@ def consolidate(
             spark_master=config.spark.master,
             spark_conf=config.spark.conf,
             spark=spark,
-            duckdb_memory_limit=config.consolidate.duckdb_memory_limit,
+            duckdb_memory_limit=config.consolidate.duckdb_memory_limit or None,
         )
         plan = make_plan(engine, landed, state, full=full, margin_ms=margin)
         record["plan"] = plan.to_dict()
