@@ -10,11 +10,17 @@ max(G, 2 h_max, skew) on each side. A run costs the rows of the touched days, no
 history; figures are identical to a full recompute by construction (no second
 implementation of DESIGN §4 to drift), and late or out-of-order readings need no special
 case. The state is two cursors in ``meta`` (``dag_upto``, ``dag_obs_ms``).
+
+Memory: the touched days of a busy gateway hold over half a million readings, so the
+window is a plan (``Window``), not a table: the KPIs are computed a chunk of devices at a
+time (about ``CHUNK_ROWS`` readings each, a device never split) with the gateway's
+observed coverage read once for all, and the worker's peak is one chunk's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -35,6 +41,8 @@ if TYPE_CHECKING:
 
     from pipeline import RunRecord
 
+    from .intervals import Coverage
+
 log = logging.getLogger(__name__)
 
 DAY_MS = 86_400_000
@@ -43,6 +51,10 @@ META_DAG_OBS_MS = "dag_obs_ms"
 KEEP_RECORDS = 50
 # Window rows turned into Python objects at once (bounds the DAG worker's peak memory).
 READ_CHUNK = 16_384
+# Readings per chunk of devices computed at once: the DAG worker's peak is ~0.6 KiB per
+# reading of a chunk on top of ~100 MiB, so this keeps it near 160 MiB whatever a day holds
+# (docs/agent.md "Memory"); smaller chunks only add a scan of the window's index each.
+CHUNK_ROWS = 100_000
 
 
 def _window_schema() -> pa.Schema:
@@ -111,71 +123,164 @@ def touched_days(
     return sorted(_day(d * DAY_MS) for d in days)
 
 
+@dataclass(frozen=True)
+class Window:
+    """The readings and observation intervals around the touched days, as a plan.
+
+    Not the rows themselves: a busy gateway's day is over half a million readings, whose
+    arrays all at once took the DAG worker past the unit's ``MemoryHigh``. What the KPIs
+    need of the whole window is small and read here: each device's row count (to cut the
+    devices into chunks of about ``chunk_rows`` readings) and the gateway's observed
+    coverage (its intervals and 2 h_max after every reading of *any* device, which is
+    why a chunk of devices cannot derive it from its own rows). ``batch(chunk)`` reads a
+    chunk's readings in BATCH_SCHEMA form when ``kpis`` gets to it.
+    """
+
+    conn: sqlite3.Connection
+    gateway_id: str
+    upto: int  # the run's dag_to: the last reading id it reads
+    # (lo, hi) ts_ms bounds of each run of touched days, margins included
+    ranges: list[tuple[int, int]]
+    # device ids per chunk (sorted, a device whole in one chunk) and each chunk's readings
+    chunks: list[list[str]]
+    chunk_readings: list[int]
+    coverage: Coverage
+    observations: int
+
+    @property
+    def num_rows(self) -> int:
+        """Reading and observation rows, as the one table this replaces had (lineage)."""
+        return sum(self.chunk_readings) + self.observations
+
+    @property
+    def schema(self) -> pa.Schema:
+        from schemas.batch import BATCH_SCHEMA
+
+        return BATCH_SCHEMA
+
+    def batch(self, devices: list[str]) -> pa.Table:
+        """The readings of these devices in the window, in BATCH_SCHEMA form."""
+        import pyarrow as pa
+
+        from schemas.batch import BATCH_SCHEMA, RECORD_READING
+
+        raw_schema = _window_schema()
+        ids = json.dumps(devices)
+        chunks: list[pa.RecordBatch] = []
+        for lo, hi in self.ranges:
+            # json_each: one parameter whatever the number of devices (no variable limit)
+            sql, args = _in_window(
+                _READ_COLUMNS,
+                lo,
+                hi,
+                self.upto,
+                "AND device_id IN (SELECT value FROM json_each(?))",
+            )
+            cur = self.conn.execute(sql, (*args[:3], ids, *args[3:], ids))
+            # Arrow chunk by chunk: Python objects of all the rows at once would cost
+            # several times the Arrow arrays
+            while rows := cur.fetchmany(READ_CHUNK):
+                columns = zip(*rows, strict=True)
+                chunks.append(pa.record_batch(
+                    [pa.array(c, f.type) for c, f in zip(columns, raw_schema, strict=True)],
+                    schema=raw_schema,
+                ))  # fmt: skip
+        raw = pa.Table.from_batches(chunks, schema=raw_schema).combine_chunks()
+        del chunks
+        n = raw.num_rows
+        ts_type = pa.timestamp("ms", tz="UTC")
+        data = {f.name: pa.nulls(n, f.type) for f in BATCH_SCHEMA}
+        data["record_type"] = pa.repeat(pa.scalar(RECORD_READING, pa.string()), n)
+        data["gateway_id"] = pa.repeat(pa.scalar(self.gateway_id, pa.string()), n)
+        data["ts"] = raw["ts_ms"].combine_chunks().cast(ts_type)
+        data["received_at"] = raw["received_ms"].combine_chunks().cast(ts_type)
+        for name in ("seq", "device_id", "kind", "site", "state"):
+            data[name] = raw[name].combine_chunks().cast(BATCH_SCHEMA.field(name).type)
+        return pa.Table.from_arrays([data[f.name] for f in BATCH_SCHEMA], schema=BATCH_SCHEMA)
+
+
+_READ_COLUMNS = "ts_ms, received_ms, seq, device_id, kind, site, state"
+_EVENT = f"(CASE WHEN ts_ms - received_ms > {SKEW_LIMIT_MS} THEN received_ms ELSE ts_ms END)"
+
+
+def _in_window(
+    columns: str, lo: int, hi: int, upto: int, where: str = ""
+) -> tuple[str, tuple[int, ...]]:
+    """SQL and parameters of the window [lo, hi)'s readings: by device time, plus those whose
+    clock ran ahead by more than the skew limit and whose received time is in the window.
+
+    Two SELECTs (UNION ALL, disjoint: the second has ts_ms >= hi) so that each scans a range
+    of the (ts_ms, ...) index; ``where`` adds a condition to both. Only ids up to the run's
+    ``dag_to``: a run reads the window several times (counts, coverage, each chunk) and
+    all must see the same rows while ingest commits; later rows are the next run's.
+    """
+    sql = (
+        f"SELECT {columns} FROM readings WHERE ts_ms >= ? AND ts_ms < ? AND id <= ? {where}"
+        f" UNION ALL SELECT {columns} FROM readings WHERE ts_ms >= ? AND received_ms >= ?"
+        f" AND received_ms < ? AND ts_ms - received_ms > {SKEW_LIMIT_MS} AND id <= ? {where}"
+    )
+    return sql, (lo, hi, upto, hi, lo, hi, upto)
+
+
 def window(
     conn: sqlite3.Connection, gateway_id: str, touched_days: list[date],
-    devices: list[Device], gap_k: float,
-) -> pa.Table:  # fmt: skip
-    """Readings and observation intervals around the touched days, in BATCH_SCHEMA form."""
-    import pyarrow as pa
+    devices: list[Device], gap_k: float, dag_to: int, chunk_rows: int,
+) -> Window:  # fmt: skip
+    """Readings and observation intervals around the touched days: the plan of ``Window``."""
+    import numpy as np
 
-    from schemas.batch import BATCH_SCHEMA, RECORD_OBSERVATION, RECORD_READING
+    from .intervals import Coverage
 
-    if not touched_days:
-        return BATCH_SCHEMA.empty_table()
-    raw_schema = _window_schema()
-    g, h2 = margins_ms(devices, gap_k)
-    margin = max(g, h2, SKEW_LIMIT_MS) + 1
-    chunks: list[pa.RecordBatch] = []
+    ranges: list[tuple[int, int]] = []
+    if touched_days:
+        g, h2 = margins_ms(devices, gap_k)
+        margin = max(g, h2, SKEW_LIMIT_MS) + 1
+        for lo_day, hi_day in _runs(touched_days):
+            lo = int(datetime(lo_day.year, lo_day.month, lo_day.day, tzinfo=UTC).timestamp())
+            lo *= 1000
+            hi = lo + ((hi_day - lo_day).days + 1) * DAY_MS
+            ranges.append((lo - margin, hi + margin))
+    counts: dict[str, int] = {}
     obs: list[tuple[int, int]] = []
-    for lo_day, hi_day in _runs(touched_days):
-        lo = int(datetime(lo_day.year, lo_day.month, lo_day.day, tzinfo=UTC).timestamp()) * 1000
-        hi = lo + ((hi_day - lo_day).days + 1) * DAY_MS
-        lo, hi = lo - margin, hi + margin
-        cur = conn.execute(
-            "SELECT ts_ms, received_ms, seq, device_id, kind, site, state FROM readings"
-            " WHERE ts_ms >= ? AND ts_ms < ?"
-            " UNION ALL SELECT ts_ms, received_ms, seq, device_id, kind, site, state FROM readings"
-            " WHERE ts_ms >= ? AND received_ms >= ? AND received_ms < ?"
-            " AND ts_ms - received_ms > ?",
-            (lo, hi, hi, lo, hi, SKEW_LIMIT_MS),
-        )
-        # Arrow chunk by chunk: a busy gateway's day is over a million readings, whose
-        # Python objects all at once would need several hundred MiB in the DAG worker
-        while rows := cur.fetchmany(READ_CHUNK):
-            columns = zip(*rows, strict=True)
-            chunks.append(pa.record_batch(
-                [pa.array(c, f.type) for c, f in zip(columns, raw_schema, strict=True)],
-                schema=raw_schema,
-            ))  # fmt: skip
+    for lo, hi in ranges:
+        sql, args = _in_window("device_id", lo, hi, dag_to)
+        for did, n in conn.execute(
+            f"SELECT device_id, count(*) FROM ({sql}) GROUP BY device_id", args
+        ):
+            counts[did] = counts.get(did, 0) + n
         obs += conn.execute(
             "SELECT start_ms, coalesce(end_ms, alive_ms) FROM observations"
             " WHERE start_ms < ? AND coalesce(end_ms, alive_ms) > ?",
             (hi, lo),
         ).fetchall()
-    raw = pa.Table.from_batches(chunks, schema=raw_schema).combine_chunks()
-    n, m = raw.num_rows, len(obs)
-    ts_type = pa.timestamp("ms", tz="UTC")
-
-    def readings_then(name: str, tail: pa.Array) -> pa.Array:
-        head = raw[name].combine_chunks().cast(tail.type)
-        return pa.concat_arrays([head, tail])
-
-    data = {f.name: pa.nulls(n + m, f.type) for f in BATCH_SCHEMA}
-    data["record_type"] = pa.concat_arrays([
-        pa.repeat(pa.scalar(RECORD_READING, pa.string()), n),
-        pa.repeat(pa.scalar(RECORD_OBSERVATION, pa.string()), m),
-    ])  # fmt: skip
-    data["gateway_id"] = pa.repeat(pa.scalar(gateway_id, pa.string()), n + m)
-    data["ts"] = readings_then("ts_ms", pa.array([s for s, _ in obs], pa.int64()).cast(ts_type))
-    data["received_at"] = readings_then("received_ms", pa.nulls(m, ts_type))
-    data["end_ts"] = pa.concat_arrays([
-        pa.nulls(n, ts_type), pa.array([e for _, e in obs], pa.int64()).cast(ts_type)
-    ])  # fmt: skip
-    for name in ("seq", "device_id", "kind", "site", "state"):
-        data[name] = readings_then(name, pa.nulls(m, BATCH_SCHEMA.field(name).type))
-    # a long observation interval can overlap two runs of days: once is enough
-    table = pa.Table.from_arrays([data[f.name] for f in BATCH_SCHEMA], schema=BATCH_SCHEMA)
-    return table
+    # The gateway's coverage as agent/kpi.py derives it from the whole window: h_max is the
+    # longest heartbeat of the devices it reported (registry, else the default), and every
+    # reading adds [t, t + 2 h_max); merged as read, so it costs its intervals, not its rows
+    heartbeat = {d.device_id: d.heartbeat_s * 1000.0 for d in devices}
+    h_max = max((heartbeat.get(d, DEFAULT_HEARTBEAT_S * 1000.0) for d in counts), default=0.0)
+    starts = np.array([s for s, _ in obs], dtype=np.float64)
+    ends = np.array([e for _, e in obs], dtype=np.float64)
+    for lo, hi in ranges if counts else []:
+        cur = conn.execute(*_in_window(_EVENT, lo, hi, dag_to))
+        while rows := cur.fetchmany(READ_CHUNK * 4):
+            t = np.array(rows, dtype=np.float64).reshape(-1)
+            merged = Coverage.of(np.concatenate((starts, t)), np.concatenate((ends, t + 2 * h_max)))
+            starts, ends = merged.starts, merged.ends
+    coverage = Coverage.of(starts, ends)
+    # every device that gets rows: the registry's and those heard; a device is never split
+    # (its up intervals walk its whole window in order), so a chunk may exceed chunk_rows
+    # by one device's readings
+    chunks: list[list[str]] = []
+    sizes: list[int] = []
+    if ranges:
+        for did in sorted(set(heartbeat) | set(counts)):
+            n = counts.get(did, 0)
+            if not chunks or (sizes[-1] + n > chunk_rows and sizes[-1] > 0):
+                chunks.append([])
+                sizes.append(0)
+            chunks[-1].append(did)
+            sizes[-1] += n
+    return Window(conn, gateway_id, dag_to, ranges, chunks, sizes, coverage, len(obs))
 
 
 def _runs(days: list[date]) -> list[tuple[date, date]]:
@@ -189,13 +294,36 @@ def _runs(days: list[date]) -> list[tuple[date, date]]:
     return out
 
 
-def kpis(
-    window: pa.Table, devices: list[Device], touched_days: list[date], gap_k: float
-) -> pa.Table:
-    """Per device-day KPIs of the touched days (DESIGN §4, agent/kpi.py)."""
-    from .kpi import compute_kpis
+def kpis(window: Window, devices: list[Device], touched_days: list[date], gap_k: float) -> pa.Table:
+    """Per device-day KPIs of the touched days (DESIGN §4, agent/kpi.py), chunk by chunk.
 
-    return compute_kpis(window, devices, touched_days, gap_k=gap_k)
+    KPIs are per device and day, so each chunk of devices is computed alone with the
+    window's coverage and its arrays are freed before the next: the worker's peak is one
+    chunk's, not the day's. The rows of all chunks are returned together (one per device
+    and day: small) so the gate sees the whole run and ``stored`` commits it at once, as
+    before: a run still stores all its rows or none.
+    """
+    import pyarrow as pa
+
+    from .kpi import KPI_SCHEMA, compute_kpis
+
+    parts: list[pa.Table] = []
+    pool = pa.default_memory_pool()
+    for chunk in window.chunks:
+        members = set(chunk)
+        batch = window.batch(chunk)
+        parts.append(compute_kpis(
+            batch, [d for d in devices if d.device_id in members], touched_days,
+            gap_k=gap_k, observed={window.gateway_id: window.coverage},
+        ))  # fmt: skip
+        del batch
+        # hand the chunk's Arrow buffers back to the OS now (with the system allocator
+        # this trims malloc's heap), so the next chunk does not stack on them
+        pool.release_unused()
+    if not parts:
+        return KPI_SCHEMA.empty_table()
+    # the order one computation gave (day, then device): gate failures name the same rows
+    return pa.concat_tables(parts).sort_by([("day", "ascending"), ("device_id", "ascending")])
 
 
 def stored(kpis: pa.Table, conn: sqlite3.Connection, now_ms: int) -> int:
@@ -236,6 +364,8 @@ class DagResult:
     window_rows: int
     duration_s: float
     record: RunRecord
+    # chunks of devices the KPIs were computed in (see Window)
+    chunks: int = 1
 
 
 def build() -> Any:
@@ -265,6 +395,7 @@ def run_dag(
     record_dir: Path | None = None,
     *,
     clock_ms: Callable[[], int] = wall_ms,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> DagResult:
     """Run the DAG over what arrived since the last run; advance the cursors on success.
 
@@ -288,6 +419,7 @@ def run_dag(
             "gap_k": gap_k,
             "gateway_id": gateway_id,
             "now_ms": now,
+            "chunk_rows": chunk_rows,
         },
         record_dir=None if record_dir is None else str(record_dir),
     )
@@ -302,8 +434,10 @@ def run_dag(
         _trim(record_dir)
     took = time.perf_counter() - started
     days = res["touched_days"]
-    log.info("DAG: %d KPI rows for %d day(s) in %.2f s", res["stored"], len(days), took)
-    return DagResult(days, res["stored"], res["window"].num_rows, took, res.record)
+    log.info("DAG: %d KPI rows for %d day(s) in %d chunk(s) in %.2f s", res["stored"],
+             len(days), len(res["window"].chunks), took)  # fmt: skip
+    win = res["window"]
+    return DagResult(days, res["stored"], win.num_rows, took, res.record, len(win.chunks))
 
 
 def _trim(record_dir: Path) -> None:

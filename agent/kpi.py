@@ -9,7 +9,7 @@ a million readings take a second or two.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
@@ -243,13 +243,19 @@ def _universe(
 
 
 def _observed(
-    r: Readings, dev_of_row: I64, u: _Universe, obs_gw: list[str], obs_from: F64, obs_to: F64
+    r: Readings,
+    dev_of_row: I64,
+    u: _Universe,
+    obs_gw: list[str],
+    obs_from: F64,
+    obs_to: F64,
+    given: Mapping[str, Coverage] | None = None,
 ) -> tuple[list[Coverage], I64]:
     """Observed coverage per gateway set, and each device's gateway-set index (-1: none).
 
     A gateway's coverage: its own observation intervals and [t, t + 2 h_max) after every
     reading it received (all copies: a gateway that got a copy was listening), h_max the
-    longest heartbeat of the devices it reported.
+    longest heartbeat of the devices it reported. ``given`` replaces it per gateway.
     """
     ng = len(r.gateways)
     gw_index = {g: i for i, g in enumerate(r.gateways)}
@@ -269,6 +275,15 @@ def _observed(
             set_of_dev[d] = sets.setdefault(tuple(gws), len(sets))
     coverages = []
     for gs in sets:
+        if given is not None:
+            names = [r.gateways[g] for g in gs]
+            if lost := [g for g in names if g not in given]:
+                raise KpiInputError(f"no observed coverage given for gateway(s) {lost}")
+            # a union of unions: the same merged intervals as computing it from all rows
+            starts = np.concatenate([given[g].starts for g in names])
+            ends = np.concatenate([given[g].ends for g in names])
+            coverages.append(Coverage.of(starts, ends))
+            continue
         sel_r = np.isin(r.gateway, gs)
         sel_o = np.isin(obs_g, gs)
         starts = np.concatenate((r.event_ms[sel_r], obs_from[sel_o]))
@@ -287,6 +302,7 @@ def compute_kpis(
     days: Iterable[date],
     *,
     gap_k: float = DEFAULT_GAP_K,
+    observed: Mapping[str, Coverage] | None = None,
 ) -> pa.Table:
     """KPI rows (KPI_SCHEMA) for every day asked and every device with eligible time that day.
 
@@ -294,6 +310,13 @@ def compute_kpis(
     (several batches concatenated are fine; other columns are ignored). Devices are those
     of the registry plus those seen in readings; a device missing from the registry has a
     30 s heartbeat, the config ``gap_k``, the whole day eligible and its topic's site.
+
+    ``observed`` (gateway id → its coverage, rule 4 of docs/kpi.md over *all* the data)
+    replaces the coverage derived from ``batch`` (whose observation rows are then
+    ignored). Rule 4 needs every device's readings, the rest of the figures only the
+    device's own: with it, ``batch`` and ``registry`` may hold a subset of the devices
+    — each device with all its rows — and give those devices' rows exactly (agent/dag.py
+    computes a busy day in such chunks).
     """
     if gap_k < 1:
         raise KpiInputError(
@@ -315,7 +338,13 @@ def compute_kpis(
         else np.zeros(0, dtype=np.int64)
     )
     coverages, set_of_dev = _observed(
-        r, dev_of_row, u, obs["gateway_id"].to_pylist(), _ms(obs["ts"]), _ms(obs["end_ts"])
+        r,
+        dev_of_row,
+        u,
+        obs["gateway_id"].to_pylist(),
+        _ms(obs["ts"]),
+        _ms(obs["end_ts"]),
+        observed,
     )
     k = r.keep
     up_dev, up_s, up_e = up_intervals(

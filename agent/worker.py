@@ -322,7 +322,8 @@ def dag(a: argparse.Namespace) -> dict[str, Any]:
         res = run_dag(conn, a.gateway, a.registry, a.gap_k, a.record_dir,
                       clock_ms=_clock(a.now_ms))  # fmt: skip
     return {"rows": res.rows, "days": [d.isoformat() for d in res.days],
-            "window_rows": res.window_rows, "duration_s": res.duration_s}  # fmt: skip
+            "window_rows": res.window_rows, "chunks": res.chunks,
+            "duration_s": res.duration_s}  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
