@@ -271,7 +271,9 @@ def to_batch_rows(
         "metrics": metrics_map(raw["metrics"]),
         "detail": raw["detail"],
     }
-    return pa.Table.from_arrays([columns[f.name] for f in BATCH_SCHEMA], schema=BATCH_SCHEMA)
+    # the schema v2 KPI columns are null for a reading
+    arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in BATCH_SCHEMA]
+    return pa.Table.from_arrays(arrays, schema=BATCH_SCHEMA)
 
 
 def observation_rows(gateway_id: str, pieces: Sequence[tuple[int, int]]) -> pa.Table:

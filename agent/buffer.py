@@ -20,6 +20,13 @@ Tables (schema version in ``PRAGMA user_version``):
   written), ``batch_observations`` (the observation pieces a batch carries),
   ``obs_shipped`` (how far each observation interval was shipped), ``devices`` (the
   registry cache), ``kpis`` (the local per device-day view).
+- v3: ``kpi_shipped`` (per ``(day, device_id)`` the figures last put in a batch, and that
+  batch's ``seq``), ``batch_kpis`` (the KPI rows a batch carries, copied when it is
+  reserved, so a crash or a rebuild writes the same bytes) and ``kpi_dirty`` (the
+  ``(day, device_id)`` keys written to ``kpis`` since the export last looked, filled by a
+  trigger in the DAG's own transaction: the export compares only those with
+  ``kpi_shipped`` instead of the whole history). A v2 buffer is upgraded in place: the
+  tables are added and every existing ``kpis`` row is marked dirty (never shipped).
 """
 
 from __future__ import annotations
@@ -30,14 +37,16 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-from schemas import Reading
+from typing import TYPE_CHECKING
 
 from .errors import StoreError, StoreMissing
 
+if TYPE_CHECKING:  # the export worker imports this module: no pydantic for it
+    from schemas import Reading
+
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 QUARANTINE_KEEP_BYTES = 4096
 # Meta key of the upload cursor: readings with id <= this value are uploaded.
 META_UPLOADED_UPTO = "uploaded_upto"
@@ -143,11 +152,57 @@ CREATE TABLE IF NOT EXISTS kpis (
     computed_ms INTEGER NOT NULL,
     PRIMARY KEY (day, device_id)
 );
+-- v3: the local KPI rows travel in the batches (agent/export.py)
+CREATE TABLE IF NOT EXISTS kpi_shipped (
+    day TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    site TEXT,
+    eligible_s REAL NOT NULL,
+    up_s REAL NOT NULL,
+    down_s REAL NOT NULL,
+    unknown_s REAL NOT NULL,
+    device_uptime REAL,
+    connectivity_ratio REAL,
+    slots_counted INTEGER NOT NULL,
+    slots_holding INTEGER NOT NULL,
+    PRIMARY KEY (day, device_id)
+);
+CREATE TABLE IF NOT EXISTS batch_kpis (
+    seq INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    site TEXT,
+    eligible_s REAL NOT NULL,
+    up_s REAL NOT NULL,
+    down_s REAL NOT NULL,
+    unknown_s REAL NOT NULL,
+    device_uptime REAL,
+    connectivity_ratio REAL,
+    slots_counted INTEGER NOT NULL,
+    slots_holding INTEGER NOT NULL,
+    computed_ms INTEGER NOT NULL,
+    PRIMARY KEY (seq, day, device_id)
+);
+CREATE TABLE IF NOT EXISTS kpi_dirty (
+    day TEXT NOT NULL,
+    device_id TEXT NOT NULL,
+    PRIMARY KEY (day, device_id)
+) WITHOUT ROWID;
+-- INSERT OR REPLACE (agent/dag.py) fires the insert trigger; an update is covered too
+CREATE TRIGGER IF NOT EXISTS kpis_dirty_insert AFTER INSERT ON kpis BEGIN
+    INSERT OR IGNORE INTO kpi_dirty (day, device_id) VALUES (NEW.day, NEW.device_id);
+END;
+CREATE TRIGGER IF NOT EXISTS kpis_dirty_update AFTER UPDATE ON kpis BEGIN
+    INSERT OR IGNORE INTO kpi_dirty (day, device_id) VALUES (NEW.day, NEW.device_id);
+END;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('exported_upto', 0);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dag_upto', 0);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('dropped_rows', 0);
 INSERT OR IGNORE INTO meta (key, value) VALUES ('registry_mtime_ns', 0);
 """
+
+_V3_BACKFILL = "INSERT OR IGNORE INTO kpi_dirty (day, device_id) SELECT day, device_id FROM kpis;"
 
 _INSERT_READING = (
     "INSERT OR IGNORE INTO readings (ts_ms, device_id, kind, seq, site, received_ms, state,"
@@ -224,8 +279,11 @@ class Buffer:
             # IMMEDIATE: take the write lock up front, waiting on the busy timeout; a plain
             # BEGIN reads first and then fails at once with "database is locked" when another
             # process (the running agent, its worker) commits before the upgrade to a write
+            # v2 → v3: KPI rows computed before the upgrade were never shipped
+            upgrade = _V3_BACKFILL if 0 < version < 3 else ""
             conn.executescript(
-                f"BEGIN IMMEDIATE; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                f"BEGIN IMMEDIATE; {_SCHEMA} {upgrade} PRAGMA user_version = {SCHEMA_VERSION};"
+                " COMMIT;"
             )
         except sqlite3.Error as exc:
             conn.close()

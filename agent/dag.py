@@ -154,15 +154,17 @@ class Window:
 
     @property
     def schema(self) -> pa.Schema:
-        from schemas.batch import BATCH_SCHEMA
+        from schemas.batch import BATCH_SCHEMA_V1
 
-        return BATCH_SCHEMA
+        return BATCH_SCHEMA_V1
 
     def batch(self, devices: list[str]) -> pa.Table:
-        """The readings of these devices in the window, in BATCH_SCHEMA form."""
+        """The readings of these devices in the window, in BATCH_SCHEMA form (the v1 columns:
+        the KPI columns of v2 would only be nulls in memory)."""
         import pyarrow as pa
 
-        from schemas.batch import BATCH_SCHEMA, RECORD_READING
+        from schemas.batch import BATCH_SCHEMA_V1 as BATCH_SCHEMA
+        from schemas.batch import RECORD_READING
 
         raw_schema = _window_schema()
         ids = json.dumps(devices)

@@ -100,8 +100,11 @@ def prune_uploaded(conn: sqlite3.Connection, before_ms: int | None) -> int:
         ).fetchall()
         for first, last in ranges:
             deleted += _delete_ids(conn, first, last)
-        # the batch rows are kept (a small history); mark their readings gone
+        # the batch rows are kept (a small history); mark their readings gone. Their KPI
+        # copies go too: only a rebuild reads them, and an uploaded batch is never rebuilt
         conn.execute(f"UPDATE batches SET readings = 0 WHERE {where}", args)
+        conn.execute(f"DELETE FROM batch_kpis WHERE seq IN (SELECT seq FROM batches WHERE {where})",
+                     args)  # fmt: skip
     return deleted
 
 
@@ -118,6 +121,18 @@ def _delete_ids(conn: sqlite3.Connection, first: int, last: int) -> int:
             raise StoreError(f"cannot prune readings: {exc}") from exc
         lo = hi + 1
     return deleted
+
+
+def _unship_kpis(conn: sqlite3.Connection, seq: int) -> None:
+    """A dropped batch's KPI rows never reach central: where it was the last to ship a row,
+    forget that it did (the next batch ships the row's current figures); drop the copy."""
+    conn.execute(
+        "INSERT OR IGNORE INTO kpi_dirty (day, device_id)"
+        " SELECT day, device_id FROM kpi_shipped WHERE seq = ?",
+        (seq,),
+    )
+    conn.execute("DELETE FROM kpi_shipped WHERE seq = ?", (seq,))
+    conn.execute("DELETE FROM batch_kpis WHERE seq = ?", (seq,))
 
 
 def prune_quarantine(conn: sqlite3.Connection, before_ms: int) -> int:
@@ -141,6 +156,7 @@ def drop_oldest(conn: sqlite3.Connection, rows: int) -> int:
                 "UPDATE batches SET state = 'dropped', last_error = ? WHERE seq = ?",
                 (f"dropped by on_full = drop_oldest ({n} readings)", seq),
             )
+            _unship_kpis(conn, seq)
             with contextlib.suppress(OSError):
                 Path(path).unlink()
             dropped += n

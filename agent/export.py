@@ -1,16 +1,18 @@
-"""Export: new readings and observation pieces → one Parquet batch in the outbox, exactly once.
+"""Export: new readings, observation pieces and changed KPI rows → one Parquet batch, exactly once.
 
 Protocol (each step durable before the next):
 
 1. **reserve**, one SQLite transaction: the next sequence number, the reading id range
-   ``(exported_upto, last_id]``, the observation pieces not shipped yet; the ``batches``
-   row (state ``reserved``) and the advanced cursors commit together;
+   ``(exported_upto, last_id]``, the observation pieces not shipped yet, the local KPI rows
+   whose figures differ from what was last shipped (``kpi_shipped``); the ``batches`` row
+   (state ``reserved``), the copy of those KPI rows (``batch_kpis``) and the advanced
+   cursors commit together;
 2. **write** the file: temp → fsync → rename → fsync(dir);
 3. **mark** the row ``exported`` with its sha256 and size.
 
 A crash after 1 leaves a ``reserved`` row: the next run writes the file again from the
-recorded range and pieces (the content depends only on them, the sequence and the
-registry). No upload ever reads a ``reserved`` batch, so its id has never reached central
+recorded range, pieces and KPI copy (the content depends only on them, the sequence and
+the registry). No upload ever reads a ``reserved`` batch, so its id has never reached central
 with other content.
 
 The steps run in the worker process (agent/worker.py, gone 10 s after its last run):
@@ -46,10 +48,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Observation-only batches (no new readings) leave at most this often: without them a
-# silent fleet's "observed" time would never reach central, with them every minute an
-# idle gateway would send a trickle of tiny files.
+# Observation-only batches (no new readings, only observation pieces and changed KPI rows)
+# leave at most this often: without them a silent fleet's "observed" time would never
+# reach central, with them every minute an idle gateway would send a trickle of tiny
+# files. A full batch's worth of changed KPI rows leaves at once.
 OBS_ONLY_EVERY_MS = 15 * 60 * 1000
+# The clock is taken to have stepped back when it reads this much before the newest batch
+# (the agent's scheduler calls a 30 s change a jump): such batches are due at once.
+CLOCK_STEP_BACK_MS = 30_000
+# The figures of a KPI row that decide whether it changed since it was shipped (not
+# ``computed_ms``: a recompute with the same figures ships nothing).
+KPI_FIGURES = ("site", "eligible_s", "up_s", "down_s", "unknown_s", "device_uptime",
+               "connectivity_ratio", "slots_counted", "slots_holding")  # fmt: skip
 # Batches written per export run at most, so one run never holds the outbox lock for long.
 MAX_BATCHES_PER_RUN = 50
 # In data_dir: flock'ed while a worker writes batches, so two agent processes on one
@@ -83,6 +93,7 @@ class Exported:
     bytes: int
     sha256: str
     path: Path
+    kpis: int = 0
 
 
 def wall_ms() -> int:
@@ -144,8 +155,66 @@ def _pieces(conn: sqlite3.Connection) -> list[tuple[int, int, int]]:
 
 
 def _obs_only_due(conn: sqlite3.Connection, now_ms: int, force: bool) -> bool:
-    latest = conn.execute("SELECT max(created_ms) FROM batches").fetchone()[0]
-    return force or latest is None or now_ms - latest >= OBS_ONLY_EVERY_MS
+    # the newest batch by sequence, not by its clock: after a step back of the clock the
+    # period runs from the first batch on the new clock, and the step does not hold them
+    row = conn.execute("SELECT created_ms FROM batches ORDER BY seq DESC LIMIT 1").fetchone()
+    latest = None if row is None else row[0]
+    if force or latest is None or now_ms < latest - CLOCK_STEP_BACK_MS:
+        return True
+    return now_ms - latest >= OBS_ONLY_EVERY_MS
+
+
+_KPI_CHANGED = (
+    "SELECT k.day, k.device_id, " + ", ".join(f"k.{c}" for c in KPI_FIGURES[1:])
+    + ", k.site, k.computed_ms FROM kpi_dirty d"
+    " JOIN kpis k ON k.day = d.day AND k.device_id = d.device_id"
+    " LEFT JOIN kpi_shipped s ON s.day = k.day AND s.device_id = k.device_id"
+    " WHERE s.day IS NULL OR " + " OR ".join(f"k.{c} IS NOT s.{c}" for c in KPI_FIGURES)
+    + " ORDER BY k.day, k.device_id LIMIT ?"
+)  # fmt: skip
+
+
+def _kpis_changed_count(conn: sqlite3.Connection, limit: int) -> int:
+    """How many KPI rows changed since shipped, counting up to ``limit`` (no rows fetched)."""
+    if limit <= 0:
+        return 0
+    return int(conn.execute(f"SELECT count(*) FROM ({_KPI_CHANGED})", (limit,)).fetchone()[0])
+
+
+def _kpis_changed(conn: sqlite3.Connection, limit: int) -> list[tuple]:
+    """Up to ``limit`` KPI rows new or changed since they were last shipped, by (day, device).
+
+    Only keys the DAG wrote since the export last looked (``kpi_dirty``) are compared;
+    ``computed_ms`` plays no part, so a gateway clock that jumps neither holds nor
+    repeats a row. Columns: day, device_id, the figures but site, site, computed_ms.
+    """
+    return conn.execute(_KPI_CHANGED, (max(0, limit),)).fetchall() if limit > 0 else []
+
+
+def _ship_kpis(conn: sqlite3.Connection, seq: int, rows: list[tuple]) -> None:
+    """In the reserve transaction: copy the rows into ``batch_kpis``, record them shipped."""
+    figures = KPI_FIGURES[1:]
+    conn.executemany(
+        f"INSERT INTO batch_kpis (seq, day, device_id, {', '.join(figures)}, site, computed_ms)"
+        f" VALUES ({', '.join('?' * (len(figures) + 5))})",
+        [(seq, *r) for r in rows],
+    )
+    conn.executemany(
+        f"INSERT INTO kpi_shipped (day, device_id, {', '.join(figures)}, site, seq)"
+        f" VALUES ({', '.join('?' * (len(figures) + 4))}) ON CONFLICT (day, device_id) DO UPDATE"
+        " SET " + ", ".join(f"{c} = excluded.{c}" for c in (*figures, "site", "seq")),
+        [(*r[:-1], seq) for r in rows],
+    )
+    # keys looked at and now equal to what was shipped need no second look; rows left over
+    # (a batch had no room for them) stay dirty for the next batch
+    conn.execute(
+        "DELETE FROM kpi_dirty WHERE EXISTS (SELECT 1 FROM kpis k JOIN kpi_shipped s"
+        " ON s.day = k.day AND s.device_id = k.device_id WHERE k.day = kpi_dirty.day"
+        " AND k.device_id = kpi_dirty.device_id AND "
+        + " AND ".join(f"k.{c} IS s.{c}" for c in KPI_FIGURES) + ")"
+        " OR NOT EXISTS (SELECT 1 FROM kpis k WHERE k.day = kpi_dirty.day"
+        " AND k.device_id = kpi_dirty.device_id)"
+    )  # fmt: skip
 
 
 def _reserve(
@@ -157,23 +226,33 @@ def _reserve(
     force_observations: bool,
 ) -> Reserved | None:
     upto = get_meta(conn, META_EXPORTED_UPTO)
-    # ids only grow and one process writes: every id <= max(id) is committed in this snapshot
-    row = conn.execute(
-        "SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?", (upto, max_rows - 1)
-    ).fetchone()
-    last = int(row[0]) if row else int(conn.execute(
-        "SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])  # fmt: skip
-    last = max(last, upto)
     pieces = _pieces(conn)
-    if last == upto and not (pieces and _obs_only_due(conn, now_ms, force_observations)):
+    # changed KPI rows go first (few: a row per device and touched day), so they always
+    # ride with the next batch; readings fill the rest of max_rows (observation pieces
+    # come on top, as they always did)
+    kpis = _kpis_changed(conn, max_rows)
+    room = max_rows - len(kpis)
+    last = upto
+    if room > 0:
+        # ids only grow and one process writes: every id <= max(id) is committed here
+        row = conn.execute(
+            "SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?", (upto, room - 1)
+        ).fetchone()
+        last = int(row[0]) if row else int(conn.execute(
+            "SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])  # fmt: skip
+        last = max(last, upto)
+    # without readings: a full batch of KPI rows leaves at once, the rest wait their turn
+    if last == upto and not (
+        (pieces or kpis) and (room <= 0 or _obs_only_due(conn, now_ms, force_observations))
+    ):
         return None
+    count_sql = "SELECT count(*) FROM readings WHERE id > ? AND id <= ?"
+    readings = int(conn.execute(count_sql, (upto, last)).fetchone()[0])
     from schemas.batch import batch_id  # the worker has pyarrow loaded anyway
 
     seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()[0]) + 1
     bid = batch_id(gateway_id, seq)
     path = outbox / f"{bid}.parquet"
-    count_sql = "SELECT count(*) FROM readings WHERE id > ? AND id <= ?"
-    readings = int(conn.execute(count_sql, (upto, last)).fetchone()[0])
     conn.execute(
         "INSERT INTO batches (seq, batch_id, first_id, last_id, readings, observations, path,"
         " state, created_ms) VALUES (?,?,?,?,?,?,?,'reserved',?)",
@@ -188,11 +267,14 @@ def _reserve(
         " ON CONFLICT (obs_id) DO UPDATE SET upto_ms = excluded.upto_ms",
         [(oid, e) for oid, _, e in pieces],
     )
+    _ship_kpis(conn, seq, kpis)
     set_meta(conn, META_EXPORTED_UPTO, last)
     return Reserved(seq, bid, upto + 1, last, path)
 
 
-def has_work(conn: sqlite3.Connection, now_ms: int, force_observations: bool) -> bool:
+def has_work(
+    conn: sqlite3.Connection, now_ms: int, force_observations: bool, max_rows: int
+) -> bool:
     """Whether an export run would write anything (the agent asks before starting a worker)."""
     try:
         if conn.execute("SELECT 1 FROM batches WHERE state = 'reserved' LIMIT 1").fetchone():
@@ -200,7 +282,11 @@ def has_work(conn: sqlite3.Connection, now_ms: int, force_observations: bool) ->
         upto = get_meta(conn, META_EXPORTED_UPTO)
         if conn.execute("SELECT 1 FROM readings WHERE id > ? LIMIT 1", (upto,)).fetchone():
             return True
-        return bool(_pieces(conn)) and _obs_only_due(conn, now_ms, force_observations)
+        # as ``_reserve`` decides a batch without readings
+        kpis = _kpis_changed_count(conn, max_rows)
+        if not (kpis or _pieces(conn)):
+            return False
+        return kpis >= max_rows or _obs_only_due(conn, now_ms, force_observations)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the export cursor: {exc}") from exc
 
@@ -295,7 +381,7 @@ def export_pending(
     from .worker import spawn
 
     with outbox_lock(db_path.parent):
-        if not has_work(conn, clock_ms(), force_observations):
+        if not has_work(conn, clock_ms(), force_observations, max_rows):
             return []
         args = ["export", "--db", str(db_path), "--gateway", gateway_id, "--outbox",
                 str(outbox), "--max-rows", str(max_rows), "--max-batches", str(max_batches),
@@ -305,8 +391,8 @@ def export_pending(
         answer = spawn(args, ExportError, "export")
     done = [Exported(**{**b, "path": Path(b["path"])}) for b in answer["batches"]]
     for b in done:
-        log.info("exported %s: %d readings, %d observation intervals, %d bytes",
-                 b.batch_id, b.readings, b.observations, b.bytes)  # fmt: skip
+        log.info("exported %s: %d readings, %d observation intervals, %d KPI rows, %d bytes",
+                 b.batch_id, b.readings, b.observations, b.kpis, b.bytes)  # fmt: skip
     return done
 
 

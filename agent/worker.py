@@ -228,7 +228,7 @@ def _write(db: Path, gateway: str, r: Any, obs: Any, locs: Any) -> dict[str, Any
     """
     import pyarrow as pa
 
-    from . import arrowio
+    from . import arrowio, kpirows
     from .export import write_file
 
     starts = range(r.first_id, r.last_id + 1, SLICE_ROWS)
@@ -240,10 +240,12 @@ def _write(db: Path, gateway: str, r: Any, obs: Any, locs: Any) -> dict[str, Any
     n = sum(p[1] for p in parts)
     lows = [p[2] for p in parts if p[2] is not None]
     highs = [p[3] for p in parts if p[3] is not None]
-    table = pa.concat_tables([p[0] for p in parts] + [arrowio.observation_rows(gateway, obs)])
+    kpis = kpirows.batch_kpi_rows(db, gateway, r.seq)  # sqlite3: ADBC is closed by now
+    table = pa.concat_tables([p[0] for p in parts] + [arrowio.observation_rows(gateway, obs), kpis])
     size, digest = write_file(table, r.path, gateway, r.seq)
     return {"seq": r.seq, "batch_id": r.batch_id, "readings": n,
             "observations": len(obs), "bytes": size, "sha256": digest, "path": str(r.path),
+            "kpis": kpis.num_rows,
             "ts_range": (min(lows, default=None), max(highs, default=None))}  # fmt: skip
 
 

@@ -16,13 +16,13 @@ import pyarrow.parquet as pq
 
 from schemas.batch import (
     BATCH_SCHEMA,
+    BATCH_SCHEMAS,
     META_BATCH_SEQ,
     META_GATEWAY_ID,
     META_SCHEMA_VERSION,
     PARQUET_WRITE_OPTIONS,
-    RECORD_OBSERVATION,
     RECORD_READING,
-    SCHEMA_VERSION,
+    RECORD_TYPES,
     batch_metadata,
 )
 
@@ -30,7 +30,6 @@ from .errors import Forbidden, InvalidBatch
 from .pages import PageFormatError, iter_pages
 
 MAGIC = b"PAR1"
-_RECORD_TYPES = frozenset({RECORD_READING, RECORD_OBSERVATION})
 
 
 @dataclass(frozen=True)
@@ -53,16 +52,18 @@ class BatchFacts:
 def validate_batch(
     body: bytes, gateway_id: str, limits: Limits, batch_seq: int | None = None
 ) -> BatchFacts:
-    """Check ``body`` is a v1 batch of ``gateway_id`` within ``limits``; raise 422/403 if not."""
+    """Check ``body`` is a v1 or v2 batch of ``gateway_id`` within ``limits``; 422/403 if not."""
     _check_magic(body)
     try:
         pf = pq.ParquetFile(pa.BufferReader(body))
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InvalidBatch(f"Parquet footer cannot be read: {exc}", "not_parquet") from exc
-    _check_schema(pf.schema_arrow)
-    _check_metadata(pf.metadata.metadata or {}, gateway_id, batch_seq)
+    meta = pf.metadata.metadata or {}
+    version = _schema_version(meta)
+    _check_schema(pf.schema_arrow, version)
+    _check_metadata(meta, gateway_id, batch_seq)
     _check_declared_sizes(pf.metadata, body, limits)
-    return _check_rows(body, pf.metadata, gateway_id, limits)
+    return _check_rows(body, pf.metadata, gateway_id, limits, version)
 
 
 def warm_up() -> None:
@@ -100,10 +101,28 @@ def _check_magic(body: bytes) -> None:
         )
 
 
-def _check_schema(schema: pa.Schema) -> None:
+def _schema_version(meta: dict[bytes, bytes]) -> str:
+    version = meta.get(META_SCHEMA_VERSION)
+    if version is None:
+        raise InvalidBatch(
+            f"key-value metadata {META_SCHEMA_VERSION.decode()!r} missing: "
+            "write batches with schemas.batch.batch_metadata()",
+            "wrong_schema",
+        )
+    text = version.decode(errors="replace")
+    if text not in BATCH_SCHEMAS:
+        raise InvalidBatch(
+            f"schema version {text!r} is not supported (this central reads versions "
+            f"{', '.join(repr(v) for v in BATCH_SCHEMAS)})",
+            "wrong_schema",
+        )
+    return text
+
+
+def _check_schema(schema: pa.Schema, version: str) -> None:
     problems = []
     got = {f.name: f for f in schema}
-    for want in BATCH_SCHEMA:
+    for want in BATCH_SCHEMAS[version]:
         have = got.pop(want.name, None)
         if have is None:
             problems.append(f"column {want.name!r} missing")
@@ -112,26 +131,13 @@ def _check_schema(schema: pa.Schema) -> None:
     problems += [f"unexpected column {name!r}" for name in got]
     if problems:
         raise InvalidBatch(
-            "batch schema differs from schema v1 (schemas/batch.py BATCH_SCHEMA): "
+            f"batch schema differs from schema v{version} (schemas/batch.py BATCH_SCHEMAS): "
             + "; ".join(problems[:8]),
             "wrong_schema",
         )
 
 
 def _check_metadata(meta: dict[bytes, bytes], gateway_id: str, batch_seq: int | None) -> None:
-    version = meta.get(META_SCHEMA_VERSION)
-    if version is None:
-        raise InvalidBatch(
-            f"key-value metadata {META_SCHEMA_VERSION.decode()!r} missing: "
-            "write batches with schemas.batch.batch_metadata()",
-            "wrong_schema",
-        )
-    if version.decode(errors="replace") != SCHEMA_VERSION:
-        raise InvalidBatch(
-            f"schema version {version.decode(errors='replace')!r} is not supported "
-            f"(this central reads version {SCHEMA_VERSION!r})",
-            "wrong_schema",
-        )
     meta_gw = meta.get(META_GATEWAY_ID)
     if meta_gw is None:
         raise InvalidBatch(
@@ -213,7 +219,9 @@ def _string_leaves(md: pq.FileMetaData) -> list[str]:
     ]
 
 
-def _check_rows(body: bytes, md: pq.FileMetaData, gateway_id: str, limits: Limits) -> BatchFacts:
+def _check_rows(
+    body: bytes, md: pq.FileMetaData, gateway_id: str, limits: Limits, version: str
+) -> BatchFacts:
     pf = pq.ParquetFile(
         pa.BufferReader(body),
         read_dictionary=_string_leaves(md),
@@ -234,7 +242,7 @@ def _check_rows(body: bytes, md: pq.FileMetaData, gateway_id: str, limits: Limit
         rows += table.num_rows
         decoded += sum(_decoded_bytes(chunk) for col in table.columns for chunk in col.chunks)
         _check_budget(decoded, limits, "decodes to")
-        _check_table(table, gateway_id)
+        _check_table(table, gateway_id, version)
         if table.num_rows:
             mm = pc.min_max(table.column("ts").cast(pa.int64()))
             t_lo, t_hi = mm["min"].as_py(), mm["max"].as_py()
@@ -245,11 +253,12 @@ def _check_rows(body: bytes, md: pq.FileMetaData, gateway_id: str, limits: Limit
     return BatchFacts(rows=rows, min_ts_ms=lo, max_ts_ms=hi)
 
 
-def _check_table(table: pa.Table, gateway_id: str) -> None:
-    for field in BATCH_SCHEMA:
+def _check_table(table: pa.Table, gateway_id: str, version: str) -> None:
+    for field in BATCH_SCHEMAS[version]:
         if not field.nullable and table.column(field.name).null_count:
             raise InvalidBatch(
-                f"column {field.name!r} holds nulls; schema v1 requires a value", "wrong_schema"
+                f"column {field.name!r} holds nulls; schema v{version} requires a value",
+                "wrong_schema",
             )
     gateways = {str(v) for v in _distinct(table.column("gateway_id"))}
     others = sorted(gateways - {gateway_id})
@@ -259,10 +268,13 @@ def _check_table(table: pa.Table, gateway_id: str) -> None:
             "only its own rows",
             "other_gateway",
         )
-    bad = sorted({str(v) for v in _distinct(table.column("record_type"))} - _RECORD_TYPES)
+    # the rows' content (a reading without device_id, a KPI ratio outside [0, 1]) is
+    # checked by consolidation, which quarantines such a row with its reason
+    known = RECORD_TYPES[version]
+    bad = sorted({str(v) for v in _distinct(table.column("record_type"))} - known)
     if bad:
         raise InvalidBatch(
-            f"record_type {bad[:3]} unknown; expected one of {sorted(_RECORD_TYPES)}",
+            f"record_type {bad[:3]} unknown in schema v{version}; expected one of {sorted(known)}",
             "wrong_schema",
         )
 

@@ -45,6 +45,40 @@ def batch_rows(
     return cols
 
 
+def kpi_cols(
+    gateway_id: str,
+    n: int,
+    kpis: int,
+    day_ms: int = T0_MS,
+    up_s: float = 600.0,
+    computed_ms: int = T0_MS + 3_600_000,
+) -> dict[str, list[Any]]:
+    """``n`` readings plus ``kpis`` agent KPI rows (schema v2, one per device) of one day."""
+    from datetime import UTC, datetime
+
+    cols = batch_rows(gateway_id, n)
+    day = datetime.fromtimestamp(day_ms / 1000, UTC).date()
+    kpi = {f.name: [None] * kpis for f in BATCH_SCHEMA}
+    kpi |= {
+        "record_type": ["kpi"] * kpis,
+        "gateway_id": [gateway_id] * kpis,
+        "device_id": [f"dev-{i}" for i in range(kpis)],
+        "site": ["site-a"] * kpis,
+        "ts": [day_ms] * kpis,
+        "day": [day] * kpis,
+        "eligible_s": [86_400.0] * kpis,
+        "up_s": [up_s] * kpis,
+        "down_s": [86_400.0 - up_s] * kpis,
+        "unknown_s": [0.0] * kpis,
+        "device_uptime": [up_s / 86_400.0] * kpis,
+        "connectivity_ratio": [0.5] * kpis,
+        "slots_counted": [2880] * kpis,
+        "slots_holding": [1440] * kpis,
+        "computed_at": [computed_ms] * kpis,
+    }
+    return {k: v + kpi[k] for k, v in cols.items()}
+
+
 def make_batch(
     gateway_id: str,
     seq: int,

@@ -28,6 +28,7 @@ from schemas.batch import (
     PARQUET_WRITE_OPTIONS,
     RECORD_OBSERVATION,
     RECORD_READING,
+    SCHEMA_VERSION,
     batch_id,
     batch_metadata,
 )
@@ -330,16 +331,22 @@ def split_batches(fleet: Fleet) -> list[tuple[str, str, pa.Table]]:
     return out
 
 
-def write_batch(path: Path, gateway: str, seq: int, rows: pa.Table) -> None:
+def write_batch(
+    path: Path, gateway: str, seq: int, rows: pa.Table, version: str = SCHEMA_VERSION
+) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table = rows.replace_schema_metadata(batch_metadata(gateway, seq))
+    table = rows.replace_schema_metadata(batch_metadata(gateway, seq, version))
     pq.write_table(table, path, **PARQUET_WRITE_OPTIONS)  # type: ignore[arg-type]
 
 
 def land(
-    data_dir: Path, batches: Sequence[tuple[str, str, pa.Table]], received_ms: int | None = None
+    data_dir: Path,
+    batches: Sequence[tuple[str, str, pa.Table]],
+    received_ms: int | None = None,
+    version: str = SCHEMA_VERSION,
 ) -> list[str]:
-    """Write batches into ``<data_dir>/landing`` and record them in the SQLite ledger."""
+    """Write batches into ``<data_dir>/landing`` and record them in the SQLite ledger
+    (``version``: the schema version the files declare; their columns are the rows')."""
     from central.consolidate.sources import sha256_file
     from central.landing import landing_path
     from central.ledger import LedgerBatch, open_ledger
@@ -358,7 +365,7 @@ def land(
             )
             rel = landing_path(gw, bid, min_ms, recv)
             path = data_dir / "landing" / rel
-            write_batch(path, gw, int(bid.rsplit("-", 1)[1]), rows)
+            write_batch(path, gw, int(bid.rsplit("-", 1)[1]), rows, version)
             ledger.record_batch(
                 LedgerBatch(
                     batch_id=bid,

@@ -55,7 +55,7 @@ def test_a_batch_is_what_central_accepts(tmp_path: Path) -> None:
     assert facts.rows == 103
     pf = pq.ParquetFile(path)
     meta = pf.metadata.metadata
-    assert meta[META_SCHEMA_VERSION] == b"1" and meta[META_GATEWAY_ID] == b"gw-up"
+    assert meta[META_SCHEMA_VERSION] == b"2" and meta[META_GATEWAY_ID] == b"gw-up"
     assert meta[META_BATCH_SEQ] == b"1"
     assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
     t = pq.read_table(path)

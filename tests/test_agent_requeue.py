@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+from agent.config import AgentConfig
 from tests.agent_upload_support import (
     add_readings,
     agent_config,
@@ -32,6 +34,17 @@ def agent(*args: str) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
+def kpi_rows_shipped(cfg: AgentConfig) -> int:
+    """The local KPI rows the agent put in its batches (they count in central's ledger)."""
+    conn = sqlite3.connect(f"file:{cfg.db_path}?mode=ro", uri=True)
+    try:
+        n = int(conn.execute("SELECT count(*) FROM batch_kpis").fetchone()[0])
+    finally:
+        conn.close()
+    assert n > 0
+    return n
+
+
 def limit_central(server: CentralServer, max_batch_bytes: int) -> None:
     """Restart central with another upload size limit (what its operator would do)."""
     write_config(
@@ -50,8 +63,8 @@ def test_flagged_413_batch_is_listed_requeued_and_uploaded_once(
                           central={"batch_max_rows": 2000})  # fmt: skip
     cfg = cfg_of(config)
     add_readings(cfg, (reading_row(i) for i in range(2010)))
-    # ~16 KB for the 2000-row batch, a few KB for the 10-row one
-    limit_central(central_server, 12_000)
+    # 11-15 KB for the 2000-row batch (timestamps delta-encoded), 5.5-8 KB for the 10-row one
+    limit_central(central_server, 10_000)
     res = agent("flush", "--config", str(config))
     assert res.returncode == 1 and "(413)" in res.stderr, res.stderr
     assert [b["state"] for b in batches(cfg)] == ["flagged", "uploaded"]
@@ -88,7 +101,8 @@ def test_flagged_413_batch_is_listed_requeued_and_uploaded_once(
     assert [b["state"] for b in batches(cfg)] == ["uploaded", "uploaded"]
     got = ledger(central_server.config.parent / "central")
     assert sorted(b for b, _, _ in got) == sorted(b["batch_id"] for b in batches(cfg))
-    assert sum(r for _, r, _ in got) == 2010
+    # every reading once, plus the local KPI rows the flushes' DAG runs shipped (schema v2)
+    assert sum(r for _, r, _ in got) == 2010 + kpi_rows_shipped(cfg)
     # nothing flagged left: --all has nothing to do
     none = agent("requeue", "--config", str(config), "--all")
     assert none.returncode == 0 and "no flagged batch" in none.stdout
@@ -104,7 +118,9 @@ def test_missing_file_is_named_and_rebuild_puts_it_back(
     add_readings(cfg, (reading_row(i) for i in range(2000)))
     limit_central(central_server, 4096)
     assert agent("flush", "--config", str(config)).returncode == 1
-    assert [b["state"] for b in batches(cfg)] == ["flagged", "flagged"]
+    # the DAG's KPI rows go first: 10 of them + 990 readings, 1000 readings, 10 readings
+    assert [b["readings"] for b in batches(cfg)] == [990, 1000, 10]
+    assert [b["state"] for b in batches(cfg)] == ["flagged", "flagged", "flagged"]
     gone = Path(batches(cfg)[1]["path"])
     gone.unlink()
     limit_central(central_server, 1024 * 1024)
@@ -113,7 +129,7 @@ def test_missing_file_is_named_and_rebuild_puts_it_back(
     assert out.returncode == 1
     assert f"its file {gone} is missing" in out.stdout
     assert "run again with --rebuild" in out.stdout
-    assert [b["state"] for b in batches(cfg)] == ["exported", "flagged"]
+    assert [b["state"] for b in batches(cfg)] == ["exported", "flagged", "exported"]
 
     out = agent("requeue", "--config", str(config), "--all", "--rebuild", "--json")
     assert out.returncode == 0, out.stderr
@@ -121,7 +137,8 @@ def test_missing_file_is_named_and_rebuild_puts_it_back(
     assert [(d["outcome"], d["ok"]) for d in done] == [("rebuilt", True)]
     assert gone.is_file()
     assert agent("flush", "--config", str(config)).returncode == 0
-    assert sum(r for _, r, _ in ledger(central_server.config.parent / "central")) == 2000
+    got = sum(r for _, r, _ in ledger(central_server.config.parent / "central"))
+    assert got == 2000 + kpi_rows_shipped(cfg)
 
 
 def test_requeue_help_and_docs() -> None:

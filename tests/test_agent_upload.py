@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from agent.config import AgentConfig
 from agent.faults import FAULT_EXIT
 from agent.scheduler import Stages
 from agent.upload import clamp_deadline, full_jitter, retry_after_s
@@ -52,6 +54,18 @@ def setup(tmp_path: Path, server: CentralServer, n: int, **kw: object) -> Path:
     return config
 
 
+def kpi_rows(cfg: AgentConfig) -> list[int]:
+    """KPI rows per batch, in sequence order."""
+    conn = sqlite3.connect(f"file:{cfg.db_path}?mode=ro", uri=True)
+    try:
+        return [n for (n,) in conn.execute(
+            "SELECT (SELECT count(*) FROM batch_kpis k WHERE k.seq = b.seq) FROM batches b"
+            " ORDER BY b.seq"
+        )]  # fmt: skip
+    finally:
+        conn.close()
+
+
 def keys(n: int) -> list[tuple[str, str, int, int]]:
     return sorted((f"dev-{i % 5}", "telemetry", T0_MS + (i // 5) * 30_000, i) for i in range(n))
 
@@ -62,11 +76,17 @@ def test_flush_uploads_every_reading_once(tmp_path: Path, central_server: Centra
     assert res.returncode == 0, res.stderr
     rows = batches(cfg_of(config))
     assert [b["state"] for b in rows] == ["uploaded"] * 3
-    assert [(b["first_id"], b["last_id"]) for b in rows] == [(1, 1000), (1001, 2000), (2001, 2500)]
+    # the flush's DAG computed the local KPI rows: they go first, readings fill the rest
+    k = kpi_rows(cfg_of(config))
+    assert k[0] > 0 and k[1:] == [0, 0]
+    kpis = k[0]
+    assert [(b["first_id"], b["last_id"]) for b in rows] == [
+        (1, 1000 - kpis), (1001 - kpis, 2000 - kpis), (2001 - kpis, 2500)
+    ]  # fmt: skip
     got = ledger(central_server.config.parent / "central")
     assert [b for b, _, _ in got] == [b["batch_id"] for b in rows]
     # observation rows ride along in the first batch
-    assert sum(r for _, r, _ in got) == 2500 + 1
+    assert sum(r for _, r, _ in got) == 2500 + 1 + kpis
     assert sorted(landed_readings(central_server.config.parent / "central")) == keys(2500)
     # uploaded files leave the outbox; a second flush has nothing to do
     assert not list(cfg_of(config).outbox.glob("*.parquet"))

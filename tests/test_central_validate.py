@@ -13,8 +13,14 @@ from hypothesis import strategies as st
 from central.errors import Forbidden, InvalidBatch, UploadRefused
 from central.pages import iter_pages, read_page_header
 from central.validate import Limits, validate_batch
-from schemas.batch import BATCH_SCHEMA, META_GATEWAY_ID, META_SCHEMA_VERSION, batch_metadata
-from tests.central_support import T0_MS, batch_rows, make_batch
+from schemas.batch import (
+    BATCH_SCHEMA,
+    BATCH_SCHEMA_V1,
+    META_GATEWAY_ID,
+    META_SCHEMA_VERSION,
+    batch_metadata,
+)
+from tests.central_support import T0_MS, batch_rows, kpi_cols, make_batch
 
 LIMITS = Limits(max_rows=100_000, max_decompressed_bytes=16 * 1024 * 1024)
 GOOD = make_batch("gw-1", 1, n=50)
@@ -52,6 +58,30 @@ def test_not_parquet(body: bytes, needle: str) -> None:
     assert refused(body).startswith(needle)
 
 
+def test_schema_versions_1_and_2_and_the_kpi_record_type_only_in_2() -> None:
+    v1 = make_batch("gw-1", 1, 30, schema=BATCH_SCHEMA_V1, metadata=batch_metadata("gw-1", 1, "1"))
+    assert validate_batch(v1, "gw-1", LIMITS, 1).rows == 30
+    v2 = make_batch("gw-1", 1, cols=kpi_cols("gw-1", 30, kpis=4))
+    facts = validate_batch(v2, "gw-1", LIMITS, 1)
+    assert facts.rows == 34 and facts.min_ts_ms == T0_MS  # a kpi row's ts: its day's start
+    # a version names its schema: v2 metadata on v1 columns, v1 metadata on v2 columns
+    as_v2 = make_batch("gw-1", 1, 30, schema=BATCH_SCHEMA_V1)
+    assert "column 'day' missing" in refused(as_v2)
+    v1_meta = batch_metadata("gw-1", 1, "1")
+    assert "unexpected column 'day'" in refused(make_batch("gw-1", 1, 30, metadata=v1_meta))
+    # kpi rows in a v1 file: the record type does not exist there
+    cols = kpi_cols("gw-1", 30, kpis=2)
+    v1_kpi = make_batch(
+        "gw-1", 1, cols={k: v for k, v in cols.items() if k in BATCH_SCHEMA_V1.names},
+        schema=BATCH_SCHEMA_V1, metadata=v1_meta,
+    )  # fmt: skip
+    assert "record_type ['kpi'] unknown in schema v1" in refused(v1_kpi)
+    # kpi rows of another gateway: refused like any other row of it
+    other = kpi_cols("gw-1", 30, kpis=2)
+    other["gateway_id"] = [*other["gateway_id"][:-1], "gw-2"]
+    assert "rows of gateway(s) ['gw-2']" in refused(make_batch("gw-1", 1, cols=other), Forbidden)
+
+
 def test_wrong_schema_names_the_column() -> None:
     missing = pa.schema([f for f in BATCH_SCHEMA if f.name != "seq"])
     assert "'seq' missing" in refused(make_batch("gw-1", 1, schema=missing))
@@ -66,8 +96,8 @@ def test_wrong_schema_names_the_column() -> None:
 
 
 def test_schema_version_and_metadata() -> None:
-    meta = {**batch_metadata("gw-1", 1), META_SCHEMA_VERSION: b"2"}
-    assert "schema version '2' is not supported" in refused(make_batch("gw-1", 1, metadata=meta))
+    meta = {**batch_metadata("gw-1", 1), META_SCHEMA_VERSION: b"3"}
+    assert "schema version '3' is not supported" in refused(make_batch("gw-1", 1, metadata=meta))
     meta = {k: v for k, v in batch_metadata("gw-1", 1).items() if k != META_GATEWAY_ID}
     assert "fleetpulse.gateway_id" in refused(make_batch("gw-1", 1, metadata=meta))
     assert "does not match the batch id's sequence 1" in refused(make_batch("gw-1", 7))

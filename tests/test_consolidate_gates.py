@@ -64,14 +64,17 @@ def test_duplicate_keys_are_named() -> None:
 def test_reconciliation_gate() -> None:
     r = pa.table(
         {
-            "batch_id": ["b1", "b2"],
-            "ledger_rows": [10, 10],
-            "rows_read": [10, 9],
-            "kept_rows": [7, 6],
-            "duplicate_rows": [1, 1],
-            "observation_rows": [1, 1],
-            "quarantined_rows": [1, 1],
+            "batch_id": ["b1", "b2", "b3", "b4"],
+            "ledger_rows": [10, 10, 10, 10],
+            "rows_read": [10, 9, 10, 10],
+            "kept_rows": [7, 6, 5, 7],
+            "duplicate_rows": [1, 1, 1, 1],
+            "observation_rows": [1, 1, 1, 1],
+            # b3: two agent KPI rows account for the rest; b4: one too many
+            "kpi_rows": [0, 0, 2, 1],
+            "quarantined_rows": [1, 1, 1, 1],
         }
     )
     res = evaluate(_gate("ledger_reconciles"), r)
-    assert res.failed_rows == 1 and res.failures[0].values["batch_id"] == "b2"
+    assert res.failed_rows == 2
+    assert [f.values["batch_id"] for f in res.failures] == ["b2", "b4"]

@@ -30,6 +30,7 @@ SORT_KEYS = {
     "site_day": ["day", "site"],
     "geo_day": ["day", "geohash5"],
     "quarantine": ["day", "batch_id", "ts", "device_id", "kind", "seq"],
+    "agent_device_day": ["gateway_id", "day", "device_id"],
 }
 
 

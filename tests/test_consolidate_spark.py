@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from central.consolidate import engine as E
@@ -38,7 +39,32 @@ KEYS = {
     "site_day": ["day", "site"],
     "geo_day": ["day", "geohash5"],
     "quarantine": ["day", "source", "batch_id", "ts", "device_id", "kind", "seq"],
+    "agent_device_day": ["gateway_id", "day", "device_id"],
 }
+
+
+def _kpi_rows(fleet: Fleet, up_s: float, computed_ms: int) -> pa.Table:
+    """Agent KPI rows (schema v2) of every gateway for a few of its devices and every day."""
+    from datetime import UTC, datetime
+
+    b = fleet.batch
+    pairs = sorted(
+        set(zip(b["gateway_id"].to_pylist(), b["device_id"].to_pylist(), strict=True))
+        - {(g, None) for g in b["gateway_id"].to_pylist()}
+    )
+    rows = []
+    for g, d in pairs[::3]:
+        for day in fleet.days:
+            start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+            rows.append({
+                "record_type": "kpi", "gateway_id": g, "device_id": d, "site": "site-0",
+                "ts": start, "day": day, "eligible_s": 86_400.0, "up_s": up_s,
+                "down_s": 86_400.0 - up_s, "unknown_s": 0.0, "device_uptime": up_s / 86_400.0,
+                "connectivity_ratio": None if d.endswith("3") else 0.75, "slots_counted": 2,
+                "slots_holding": 1,
+                "computed_at": datetime.fromtimestamp(computed_ms / 1000, UTC),
+            })  # fmt: skip
+    return pa.Table.from_pylist(rows, schema=fleet.batch.schema)
 
 
 def _inputs() -> tuple[Combined, Fleet, dict[str, Any]]:
@@ -46,10 +72,21 @@ def _inputs() -> tuple[Combined, Fleet, dict[str, Any]]:
     fleet = make_fleet(n_devices=20, hours=30, n_gateways=3, seed=5)
     # one bad row so that quarantine has content on both engines
     bad = fleet.batch.slice(0, 1).to_pylist()[0] | {"kind": "metric"}
+    # agent KPI rows: a first version in each gateway's batch 1, a newer one in its batch 2
+    # (whose clock says earlier): agent_device_day must take batch 2's on both engines
+    first = _kpi_rows(fleet, 600.0, 1_767_300_000_000)
     batch = pa.concat_tables(
-        [comb.batch, fleet.batch, pa.Table.from_pylist([bad], schema=fleet.batch.schema)]
+        [comb.batch, fleet.batch, pa.Table.from_pylist([bad], schema=fleet.batch.schema), first]
     )
     rows, ledger = with_batch_ids(batch)
+    newer, newer_ledger = with_batch_ids(_kpi_rows(fleet, 900.0, 1_767_200_000_000))
+    ids = pc.replace_substring(newer["batch_id"], "-0000000001", "-0000000002")
+    newer = newer.set_column(newer.schema.get_field_index("batch_id"), "batch_id", ids)
+    newer_ledger = newer_ledger.set_column(
+        0, "batch_id", pc.replace_substring(newer_ledger["batch_id"], "-0000000001", "-0000000002")
+    )
+    rows = pa.concat_tables([rows, newer])
+    ledger = pa.concat_tables([ledger, newer_ledger])
     return (
         comb,
         fleet,
@@ -118,6 +155,14 @@ def test_every_gold_table_is_the_same_on_both_engines(results: Any, name: str) -
                 assert math.isclose(x, y, rel_tol=0, abs_tol=TOL), (name, col, i, x, y)
             else:
                 assert x == y, (name, col, i, x, y)
+
+
+def test_agent_device_day_takes_the_highest_batch_on_both_engines(results: Any) -> None:
+    _comb, on_duckdb, on_spark = results
+    for t in (on_duckdb["agent_device_day"], on_spark["agent_device_day"]):
+        assert t.num_rows > 0
+        assert set(t["up_s"].to_pylist()) == {900.0}
+        assert all(b.endswith("-0000000002") for b in t["batch_id"].to_pylist())
 
 
 def test_spark_reads_the_published_delta_tables(results: Any, spark: Any, tmp_path: Path) -> None:  # noqa: F811

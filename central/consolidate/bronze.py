@@ -3,6 +3,8 @@
 Times become epoch milliseconds here so that both engines do integer arithmetic on them;
 event time follows ``schemas.event_time_ms`` (receive time when ``ts`` is > 300 s ahead).
 Rows that break the batch contract go to quarantine with the reason, never dropped.
+The agents' ``kpi`` rows (schema v2) are checked here too and kept apart (``agent_kpis``):
+they never enter the readings or observations central computes its own KPIs from.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import ibis.expr.types as ir
 from ibis import _
 
 from schemas import KINDS, NO_SEQ, SKEW_LIMIT_MS
-from schemas.batch import RECORD_OBSERVATION, RECORD_READING
+from schemas.batch import RECORD_KPI, RECORD_OBSERVATION, RECORD_READING
 
 # Among copies of one reading the first by these columns is kept: the earliest receipt,
 # then the smallest gateway id (KPI decision), then the rest only to make the order total.
@@ -77,12 +79,29 @@ def normalized(batch_rows: ir.Table) -> ir.Table:
     )
     reading = t.record_type == RECORD_READING
     observation = t.record_type == RECORD_OBSERVATION
+    kpi = t.record_type == RECORD_KPI
+    seconds = [t.eligible_s, t.up_s, t.down_s, t.unknown_s]
     reason = ibis.cases(
         (
             t.gateway_id != t.ledger_gateway_id,
             "gateway_id differs from the gateway that uploaded the batch",
         ),
-        (~(reading | observation), "record_type is neither 'reading' nor 'observation'"),
+        (
+            ~(reading | observation | kpi),
+            "record_type is neither 'reading' nor 'observation' nor 'kpi'",
+        ),
+        (kpi & t.device_id.isnull(), "kpi row without device_id"),
+        (kpi & t.day.isnull(), "kpi row without day"),
+        (kpi & (t.ts.date() != t.day), "kpi row whose ts is not in its day"),
+        (
+            kpi & ibis.or_(*(c.isnull() | (c < 0) for c in seconds)),
+            "kpi row with a null or negative eligible_s, up_s, down_s or unknown_s",
+        ),
+        (kpi & ~_unit(t.device_uptime), "kpi row whose device_uptime is outside [0, 1]"),
+        (
+            kpi & ~_unit(t.connectivity_ratio),
+            "kpi row whose connectivity_ratio is outside [0, 1]",
+        ),
         (reading & t.device_id.isnull(), "reading without device_id"),
         (reading & ~t.kind.isin(list(KINDS)), "reading kind is not telemetry, status or event"),
         (
@@ -94,6 +113,11 @@ def normalized(batch_rows: ir.Table) -> ir.Table:
         else_=ibis.null("string"),
     )
     return t.mutate(reason=reason)
+
+
+def _unit(x: ir.FloatingValue) -> ir.BooleanValue:
+    """Null or within [0, 1] (NaN is not: it compares above every number on both engines)."""
+    return x.isnull() | ((x >= 0) & (x <= 1))
 
 
 def quarantine_rows(normalized: ir.Table) -> ir.Table:
@@ -153,14 +177,35 @@ def observations(normalized: ir.Table) -> ir.Table:
     return t.select("gateway_id", s=t.ts_ms.cast("float64"), e=t.end_ms.cast("float64")).distinct()
 
 
+def agent_kpis(normalized: ir.Table) -> ir.Table:
+    """Valid ``kpi`` rows: each gateway's local view of a device-day, as it shipped it."""
+    t = normalized
+    t = t.filter((t.record_type == RECORD_KPI) & t.reason.isnull())
+    return t.select(
+        "gateway_id",
+        "day",
+        "device_id",
+        "site",
+        "eligible_s",
+        "up_s",
+        "down_s",
+        "unknown_s",
+        "device_uptime",
+        "connectivity_ratio",
+        "computed_at",
+        "batch_id",
+    )
+
+
 def reconciliation(normalized: ir.Table, bronze: ir.Table, batches: ir.Table) -> ir.Table:
-    """Per batch: ledger rows against rows read, kept, duplicate, observation, quarantined."""
+    """Per batch: ledger rows against rows read, kept, duplicate, observation, kpi, quarantined."""
     n = normalized
     valid_reading = (n.record_type == RECORD_READING) & n.reason.isnull()
     per_batch = n.group_by("batch_id").aggregate(
         rows_read=n.count(),
         valid_readings=valid_reading.sum(),
         observation_rows=((n.record_type == RECORD_OBSERVATION) & n.reason.isnull()).sum(),
+        kpi_rows=((n.record_type == RECORD_KPI) & n.reason.isnull()).sum(),
         quarantined_rows=n.reason.notnull().sum(),
     )
     kept = bronze.group_by("batch_id").aggregate(kept_rows=bronze.count())
@@ -175,5 +220,6 @@ def reconciliation(normalized: ir.Table, bronze: ir.Table, batches: ir.Table) ->
         # a valid reading not kept lost the dedup to a copy from another upload
         duplicate_rows=out.valid_readings.fill_null(0) - kept_rows,
         observation_rows=out.observation_rows.fill_null(0),
+        kpi_rows=out.kpi_rows.fill_null(0),
         quarantined_rows=out.quarantined_rows.fill_null(0),
     )

@@ -133,10 +133,15 @@ def observations(engine: Engine, normalized: Relation) -> Relation:
     return _m(engine, "observations", B.observations(normalized.table))
 
 
+def agent_kpis(engine: Engine, normalized: Relation) -> Relation:
+    """The agents' valid KPI rows (their local view), apart from the readings."""
+    return _m(engine, "agent_kpis", B.agent_kpis(normalized.table))
+
+
 def reconciliation(
     engine: Engine, normalized: Relation, bronze: Relation, batches: Relation
 ) -> pa.Table:
-    """Per batch: ledger rows against rows read, kept, duplicate, observation, quarantined."""
+    """Per batch: ledger rows against rows read, kept, duplicate, observation, kpi, quarantined."""
     expr = B.reconciliation(normalized.table, bronze.table, batches.table)
     return engine.to_arrow(expr.order_by("batch_id"), "reconciliation")
 
@@ -291,6 +296,12 @@ def device_firmware_day(engine: Engine, targets: Relation, segment_times: Relati
     )
 
 
+def agent_device_day(engine: Engine, agent_kpis: Relation, days: Relation) -> pa.Table:
+    """Gold: each gateway's latest local KPI row per device and day (compare with device_day)."""
+    expr = G.agent_device_day(agent_kpis.table, days.table)
+    return engine.to_arrow(expr.order_by(["day", "gateway_id", "device_id"]), "agent_device_day")
+
+
 def quarantine(engine: Engine, quarantine_rows: Relation) -> pa.Table:
     """Gold: rows set aside with their reason."""
     expr = G.quarantine(quarantine_rows.table)
@@ -360,6 +371,7 @@ STEPS: list[Callable[..., Any]] = [
     gateway_readings,
     bronze,
     observations,
+    agent_kpis,
     reconciliation,
     seen_devices,
     seen_devices_rows,
@@ -383,6 +395,7 @@ STEPS: list[Callable[..., Any]] = [
     device_firmware_day,
     device_day_all,
     device_firmware_day_all,
+    agent_device_day,
     quarantine,
     fleet_day,
     firmware_day,
@@ -398,6 +411,7 @@ GOLD_TABLES = (
     "firmware_day",
     "site_day",
     "geo_day",
+    "agent_device_day",
     "quarantine",
 )
 OUTPUTS = [

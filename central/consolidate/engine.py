@@ -90,9 +90,28 @@ class Engine:
         """An Arrow table as an engine table."""
         raise NotImplementedError
 
-    def read_parquet(self, paths: Sequence[str], columns: Sequence[str]) -> ir.Table:
-        """Landed batch files as one table with a ``filename`` column (the file's path)."""
+    def read_parquet(
+        self,
+        paths: Sequence[str],
+        columns: Sequence[str],
+        optional: Mapping[str, str] | None = None,
+    ) -> ir.Table:
+        """Landed batch files as one table with a ``filename`` column (the file's path).
+
+        Files may differ in their columns (schema versions): a column some files lack is
+        null in their rows; an ``optional`` column (name → Ibis type) no file has is null.
+        """
         raise NotImplementedError
+
+    @staticmethod
+    def _with_optional(
+        t: ir.Table, columns: Sequence[str], optional: Mapping[str, str] | None
+    ) -> ir.Table:
+        types = optional or {}
+        missing = {c: ibis.null(types[c]) for c in columns if c not in t.columns and c in types}
+        if missing:
+            t = t.mutate(**missing)
+        return t.select(*columns, "filename")
 
     # -- execution ------------------------------------------------------------------------
 
@@ -170,12 +189,17 @@ class DuckDBEngine(Engine):
         with self.errors(f"loading {label}"):
             return self.con.create_table(self._fresh(label), table, temp=True)
 
-    def read_parquet(self, paths: Sequence[str], columns: Sequence[str]) -> ir.Table:
+    def read_parquet(
+        self,
+        paths: Sequence[str],
+        columns: Sequence[str],
+        optional: Mapping[str, str] | None = None,
+    ) -> ir.Table:
         with self.errors("reading landed batches"):
             t = self.con.read_parquet(
                 list(paths), table_name=self._fresh("landing"), filename=True, union_by_name=True
             )
-            return t.select(*columns, "filename")
+            return self._with_optional(t, columns, optional)
 
     def close(self) -> None:
         super().close()
@@ -201,15 +225,21 @@ class SparkEngine(Engine):
             df.createOrReplaceTempView(name)
             return self.con.table(name)
 
-    def read_parquet(self, paths: Sequence[str], columns: Sequence[str]) -> ir.Table:
+    def read_parquet(
+        self,
+        paths: Sequence[str],
+        columns: Sequence[str],
+        optional: Mapping[str, str] | None = None,
+    ) -> ir.Table:
         from pyspark.sql import functions as F
 
         name = self._fresh("landing")
         with self.errors("reading landed batches"):
             df = self.session.read.option("mergeSchema", "true").parquet(*paths)
-            df = df.select(*columns).withColumn("filename", F.input_file_name())
+            present = [c for c in columns if c in df.columns]
+            df = df.select(*present).withColumn("filename", F.input_file_name())
             df.createOrReplaceTempView(name)
-            return self.con.table(name)
+            return self._with_optional(self.con.table(name), columns, optional)
 
     def to_arrow(self, expr: ir.Table, label: str) -> pa.Table:
         # Ibis goes through pandas here, which loses column order and UTC timestamps;

@@ -26,6 +26,7 @@ UNIQUE_KEYS: dict[str, tuple[str, ...]] = {
     "firmware_day": ("day", "firmware_version"),
     "site_day": ("day", "site"),
     "geo_day": ("day", "geohash5"),
+    "agent_device_day": ("gateway_id", "day", "device_id"),
 }
 
 
@@ -88,18 +89,19 @@ def _unique_gate(node: str) -> Gate:
 
 @gate("reconciliation", name="ledger_reconciles")
 def ledger_reconciles(reconciliation: pa.Table) -> dict[str, pa.ChunkedArray]:
-    """Per batch: rows read = ledger rows = kept + duplicates + observations + quarantined."""
+    """Per batch: rows read = ledger rows = kept + duplicates + observations + KPI rows +
+    quarantined."""
     r = reconciliation
     accounted = pc.add(
-        pc.add(r["kept_rows"], r["duplicate_rows"]),
+        pc.add(pc.add(r["kept_rows"], r["duplicate_rows"]), r["kpi_rows"]),
         pc.add(r["observation_rows"], r["quarantined_rows"]),
     )
     return {
         "rows read from the landing file differ from the ledger's row count": pc.equal(
             r["rows_read"], r["ledger_rows"]
         ),
-        "rows read differ from kept + duplicate + observation + quarantined rows": pc.equal(
-            r["rows_read"], accounted
+        "rows read differ from kept + duplicate + observation + kpi + quarantined rows": (
+            pc.equal(r["rows_read"], accounted)
         ),
     }
 

@@ -191,6 +191,50 @@ def geo_day(device_day: ir.Table) -> ir.Table:
     )
 
 
+def agent_device_day(agent_kpis: ir.Table, days: ir.Table) -> ir.Table:
+    """Per gateway, device and day of ``days``: the agent's own KPI row, its latest copy.
+
+    An agent ships a row again whenever its figures change; the latest is the copy in the
+    batch with the highest sequence of that gateway (batch ids are ``<gateway>-<zero-padded
+    sequence>``, so their order within a gateway is the sequence's), never the agent's
+    clock, which may have jumped. The remaining columns only make the order total.
+    """
+    k = agent_kpis.semi_join(days, "day")
+    w = ibis.window(
+        group_by=["gateway_id", "device_id", "day"],
+        order_by=[
+            ibis.desc(c)
+            for c in (
+                "batch_id",
+                "computed_at",
+                "site",
+                "eligible_s",
+                "up_s",
+                "down_s",
+                "unknown_s",
+                "device_uptime",
+                "connectivity_ratio",
+            )
+        ],
+    )
+    ranked = k.mutate(copy_rank=ibis.row_number().over(w))
+    latest = ranked.filter(ranked.copy_rank == 0)
+    return latest.select(
+        "gateway_id",
+        "day",
+        "device_id",
+        "site",
+        "eligible_s",
+        "up_s",
+        "down_s",
+        "unknown_s",
+        "device_uptime",
+        "connectivity_ratio",
+        "computed_at",
+        "batch_id",
+    )
+
+
 def quarantine(quarantine_rows: ir.Table) -> ir.Table:
     """Rows set aside, with the reason and where they came from; ``day`` is the row's UTC day."""
     q = quarantine_rows

@@ -23,7 +23,11 @@ from .errors import PublishError
 log = logging.getLogger(__name__)
 
 # Per-device tables grow with the fleet: one folder per day keeps a day's overwrite small.
-PARTITIONED = {"device_day": ["day"], "device_firmware_day": ["day"]}
+PARTITIONED = {
+    "device_day": ["day"],
+    "device_firmware_day": ["day"],
+    "agent_device_day": ["day"],
+}
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import ibis
 import pyarrow as pa
 import pyarrow.compute as pc
 from ibis import _
@@ -35,6 +36,7 @@ from .runs import write_record
 from .silver import DAY_MS
 from .sources import (
     BATCH_COLUMNS,
+    V2_COLUMNS,
     BatchSource,
     LandedBatch,
     LedgerSource,
@@ -98,26 +100,56 @@ def _margin_ms(registry_rows: pa.Table, gap_k: float) -> int:
     return int(max(h) * max(k) * 1000) + 1
 
 
-def _extents(engine: Engine, batches: Sequence[LandedBatch]) -> tuple[dict[str, Any], pa.Table]:
-    """Per batch the [min, max] event time of its rows, and its (device, gateway) pairs."""
+@dataclass(frozen=True)
+class Extents:
+    """What the plan needs to know of some batches' rows."""
+
+    # per batch the [min, max] event time of all its rows (a kpi row's is its day's start):
+    # which batches a recomputed day has to read
+    spans: dict[str, Any]
+    # the same over readings and observations only: the days their rows can change
+    reach: list[tuple[int, int]]
+    # the days of the agents' kpi rows: agent_device_day is recomputed for them
+    kpi_days: set[date]
+    # (device, gateway) pairs of the readings
+    pairs: pa.Table
+
+
+def _extents(engine: Engine, batches: Sequence[LandedBatch]) -> Extents:
+    """Per batch the event-time span of its rows, and what the plan derives from its rows."""
+    from schemas.batch import RECORD_KPI
+
     from .bronze import epoch_ms
 
     if not batches:
-        return {}, pa.table({"device_id": pa.array([], pa.string())})
-    t = engine.read_parquet([b.path for b in batches], BATCH_COLUMNS)
+        return Extents({}, [], set(), pa.table({"device_id": pa.array([], pa.string())}))
+    t = engine.read_parquet([b.path for b in batches], BATCH_COLUMNS, V2_COLUMNS)
     t = t.mutate(batch_id=t.filename.re_extract(r"([^/\\]+)\.parquet$", 1))
     ts = epoch_ms(t.ts)
     recv = epoch_ms(t.received_at.fill_null(t.ts))
     event = (ts - recv > 300_000).ifelse(recv, ts)
     # an observation's end is exclusive: its last instant is a millisecond earlier
     hi = t.end_ts.isnull().ifelse(event, epoch_ms(t.end_ts) - 1)
-    agg = t.mutate(lo=event, hi=hi).group_by("batch_id").aggregate(lo=_.lo.min(), hi=_.hi.max())
+    is_kpi = t.record_type == RECORD_KPI
+    t = t.mutate(lo=event, hi=hi, rlo=is_kpi.ifelse(ibis.null("int64"), event),
+                 rhi=is_kpi.ifelse(ibis.null("int64"), hi))  # fmt: skip
+    agg = t.group_by("batch_id").aggregate(
+        lo=_.lo.min(), hi=_.hi.max(), rlo=_.rlo.min(), rhi=_.rhi.max()
+    )
     rows = engine.to_arrow(agg, "batch extents").to_pylist()
     pairs = engine.to_arrow(
-        t.filter(t.device_id.notnull()).select("device_id", "gateway_id").distinct(),
+        t.filter(t.device_id.notnull() & ~is_kpi).select("device_id", "gateway_id").distinct(),
         "new device-gateway pairs",
     )
-    return {r["batch_id"]: (r["lo"], r["hi"]) for r in rows}, pairs
+    kpi_days = engine.to_arrow(
+        t.filter(is_kpi & t.day.notnull()).select("day").distinct(), "kpi days"
+    )
+    return Extents(
+        {r["batch_id"]: (r["lo"], r["hi"]) for r in rows},
+        [(r["rlo"], r["rhi"]) for r in rows if r["rlo"] is not None],
+        set(kpi_days["day"].to_pylist()),
+        pairs,
+    )
 
 
 def _day_range(lo: date, hi: date) -> list[date]:
@@ -147,7 +179,7 @@ def make_plan(
                 f"now {b.sha256[:12]}…): run consolidate --full"
             )
     if full:
-        ext, _pairs = _extents(engine, landed)
+        ext = _extents(engine, landed).spans
         spans = [v for v in ext.values() if v[0] is not None]
         days = (
             _day_range(day_of_ms(min(s[0] for s in spans)), day_of_ms(max(s[1] for s in spans)))
@@ -159,7 +191,8 @@ def make_plan(
     new = [b for b in landed if b.batch_id not in consolidated]
     if not new:
         return Plan("incremental", [], [], [], set(), [], {})
-    ext, pairs = _extents(engine, new)
+    found = _extents(engine, new)
+    ext, pairs = found.spans, found.pairs
     spans = [v for v in ext.values() if v[0] is not None]
     published = state.published_days()
     # The calendar runs from the first to the last day with data, as in a full run; the
@@ -175,13 +208,15 @@ def make_plan(
         calendar = set(
             _day_range(day_of_ms(min(s[0] for s in every)), day_of_ms(max(s[1] for s in every)))
         )
-    if spans:
+    if found.reach:
         touched = calendar & set(
             _day_range(
-                day_of_ms(min(s[0] for s in spans) - margin_ms),
-                day_of_ms(max(s[1] for s in spans) + margin_ms),
+                day_of_ms(min(s[0] for s in found.reach) - margin_ms),
+                day_of_ms(max(s[1] for s in found.reach) + margin_ms),
             )
         )
+    # a kpi row changes its own day only (agent_device_day): no margin around it
+    touched |= calendar & found.kpi_days
     fresh = calendar - published
     days = sorted(touched | fresh)
     # devices a new batch can change: those its gateways ever reported (now or before)
@@ -309,7 +344,7 @@ def consolidate(
             kept_dd = _not_in_scope(P.read_rows(gdir, "device_day", old_days), scope)
             kept_fw = _not_in_scope(P.read_rows(gdir, "device_firmware_day", old_days), scope)
         landed_t = (
-            engine.read_parquet([b.path for b in plan.read], BATCH_COLUMNS)
+            engine.read_parquet([b.path for b in plan.read], BATCH_COLUMNS, V2_COLUMNS)
             if plan.read
             else engine.register("no_batches", _empty_batch())
         )

@@ -58,7 +58,7 @@ ALERTS_SCHEMA = pa.schema(
         pa.field("cleared_at", _TS),
     ]
 )
-# The columns of a landed batch that consolidation reads (schemas.batch.BATCH_SCHEMA v1).
+# The columns of a landed batch that consolidation reads (schemas.batch.BATCH_SCHEMA).
 BATCH_COLUMNS: tuple[str, ...] = (
     "record_type",
     "gateway_id",
@@ -74,7 +74,28 @@ BATCH_COLUMNS: tuple[str, ...] = (
     "fw",
     "lat",
     "lon",
+    # schema v2: the agents' KPI rows (record type ``kpi``)
+    "day",
+    "eligible_s",
+    "up_s",
+    "down_s",
+    "unknown_s",
+    "device_uptime",
+    "connectivity_ratio",
+    "computed_at",
 )
+# Columns a v1 batch lacks, with their Ibis types: when no file read has them, the engine
+# adds them as nulls (a v1-only landing reads as v2 files without KPI rows).
+V2_COLUMNS: dict[str, str] = {
+    "day": "date",
+    "eligible_s": "float64",
+    "up_s": "float64",
+    "down_s": "float64",
+    "unknown_s": "float64",
+    "device_uptime": "float64",
+    "connectivity_ratio": "float64",
+    "computed_at": "timestamp('UTC')",
+}
 
 
 # -- landed batches -----------------------------------------------------------------------
