@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 GEOHASH_PRECISION = 6
 # As the agent's own connections (agent/buffer.py): wait this long for a lock, then fail.
 BUSY_TIMEOUT_MS = 5000
+# The ADBC read maps the buffer file (SQLite clamps it to its own limit, 2 GiB by default).
+MMAP_BYTES = 1 << 31
 # Rows turned into Python objects at once while reading a batch (bounds peak memory).
 READ_CHUNK = 16_384
 _RAW_SCHEMA = pa.schema(
@@ -101,6 +103,10 @@ def read_readings_adbc(db_path: Path, first_id: int, last_id: int) -> pa.Table:
             # the driver sets no busy timeout: without one a read that meets a moment's lock
             # (the WAL index being rebuilt after a crash, a checkpoint) fails at once
             query(stmt, f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}", bind=False)
+            # pages read in place instead of copied by read(2): ~9% off the read. The main
+            # file never shrinks (no VACUUM; the disk hook truncates only the WAL), and an
+            # I/O error would kill the worker (SIGBUS), which the next run recovers from
+            query(stmt, f"PRAGMA mmap_size = {MMAP_BYTES}", bind=False)
             # the driver infers each column's type from its first batch of rows: one batch
             # for the whole range, so a column whose first rows are NULL is still typed right
             span = max(1, min(int(last_id) - int(first_id) + 1, 1 << 22))
@@ -165,21 +171,31 @@ def metrics_map(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
             raise ValueError(f"{struct.num_rows} objects for {n} rows")
         names = struct.column_names
         k = len(names)
-        values = np.zeros((n, k))
-        valid = np.zeros((n, k), dtype=bool)
-        for j, col in enumerate(struct.columns):
-            values[:, j] = pc.fill_null(col.cast(pa.float64()), np.nan).to_numpy()
-            valid[:, j] = col.is_valid().to_numpy(zero_copy_only=False)
+        values = np.empty((n, k))
+        columns = [col.cast(pa.float64()) for col in struct.columns]
+        every = all(col.null_count == 0 for col in columns)
+        valid = None if every else np.zeros((n, k), dtype=bool)
+        for j, col in enumerate(columns):
+            values[:, j] = pc.fill_null(col, np.nan).to_numpy()
+            if valid is not None:
+                valid[:, j] = col.is_valid().to_numpy(zero_copy_only=False)
     except (pa.ArrowException, ValueError, TypeError) as exc:
         # nested values or odd numbers the fast reader will not fold: slow but exact
         log.debug("fast metrics parse failed (%s); parsing row by row", exc)
         return _metrics_slow(texts, null_mask)
-    counts = valid.sum(axis=1)
-    offs = np.zeros(n + 1, dtype=np.int32)
-    np.cumsum(counts, out=offs[1:])
-    rows, cols = np.nonzero(valid)
-    keys = pa.array(names, pa.string()).take(pa.array(cols, pa.int64()))
-    items = pa.array(values[rows, cols], pa.float64())
+    cols: np.ndarray
+    if valid is None:
+        # every row names every metric (the usual telemetry): k entries a row, no search
+        offs = np.arange(0, n * k + 1, k, dtype=np.int32)
+        cols = np.tile(np.arange(k, dtype=np.int32), n)
+        items = pa.array(values.reshape(-1), pa.float64())
+    else:
+        counts = valid.sum(axis=1)
+        offs = np.zeros(n + 1, dtype=np.int32)
+        np.cumsum(counts, out=offs[1:])
+        rows, cols = np.nonzero(valid)
+        items = pa.array(values[rows, cols], pa.float64())
+    keys = pa.array(names, pa.string()).take(pa.array(cols))
     return pa.MapArray.from_arrays(pa.array(offs), keys, items, type=_METRICS, mask=null_mask)
 
 
@@ -217,34 +233,46 @@ def geohashes(
     registry: Mapping[str, tuple[float, float]],
     precision: int = GEOHASH_PRECISION,
 ) -> pa.Array:
-    """Geohash of each row: the message's lat/lon, else the registry's, else null."""
+    """Geohash of each row: the message's lat/lon, else the registry's, else null.
+
+    Encoded once per distinct position and once per device, then spread to the rows by
+    Arrow ``take`` (no Python string per row).
+    """
     import pygeohash
 
     n = len(lat)
-    la = pc.fill_null(lat, np.nan).to_numpy()
-    lo = pc.fill_null(lon, np.nan).to_numpy()
-    out = np.full(n, None, dtype=object)
-    own = ~(np.isnan(la) | np.isnan(lo))
-    if own.any():
-        # devices mostly stay put: encode each distinct position once
-        pairs = la[own] + 1j * lo[own]
-        uniq, inverse = np.unique(pairs, return_inverse=True)
-        codes = np.array(
-            [pygeohash.encode(float(p.real), float(p.imag), precision=precision) for p in uniq],
-            dtype=object,
-        )
-        out[own] = codes[inverse]
-    if registry and not own.all():
-        enc = pc.dictionary_encode(device.combine_chunks())
-        words = enc.dictionary.to_pylist()
-        by_code = np.array(
+    codes = pa.nulls(n, pa.string())
+    own = pc.and_(pc.is_valid(lat), pc.is_valid(lon))
+    if isinstance(own, pa.ChunkedArray):
+        own = own.combine_chunks()
+    some_own = own.true_count > 0
+    if registry and own.true_count < n:
+        enc = pc.dictionary_encode(device)
+        if isinstance(enc, pa.ChunkedArray):
+            enc = enc.combine_chunks()
+        by_device = pa.array(
             [pygeohash.encode(*registry[w], precision=precision) if w in registry else None
-             for w in words] + [None],
-            dtype=object,
+             for w in enc.dictionary.to_pylist()],
+            pa.string(),
         )  # fmt: skip
-        idx = enc.indices.fill_null(len(words)).to_numpy(zero_copy_only=False)
-        out[~own] = by_code[idx[~own]]
-    return pa.array(out, pa.string())
+        codes = by_device.take(enc.indices)
+    if some_own:
+        # devices mostly stay put: encode each distinct position once
+        la = pc.fill_null(lat, np.nan).to_numpy()
+        lo = pc.fill_null(lon, np.nan).to_numpy()
+        mask = own.to_numpy(zero_copy_only=False)
+        pairs = la[mask] + 1j * lo[mask]
+        uniq, inverse = np.unique(pairs, return_inverse=True)
+        by_pos = pa.array(
+            [pygeohash.encode(float(p.real), float(p.imag), precision=precision) for p in uniq],
+            pa.string(),
+        )
+        idx = np.zeros(n, dtype=np.int64)
+        idx[mask] = inverse.reshape(-1)
+        codes = pc.if_else(own, by_pos.take(pa.array(idx)), codes)
+    if isinstance(codes, pa.ChunkedArray):
+        codes = codes.combine_chunks()
+    return codes
 
 
 def to_batch_rows(
@@ -274,6 +302,34 @@ def to_batch_rows(
     # the schema v2 KPI columns are null for a reading
     arrays = [columns[f.name] if f.name in columns else pa.nulls(n, f.type) for f in BATCH_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=BATCH_SCHEMA)
+
+
+# Timestamps mostly grow along a batch (readings in arrival order): delta encoding stores
+# them in ~1.5 B where a dictionary of 100k distinct values took ~3.5 B a row, and is ~5x
+# cheaper to write. Every other column keeps the writer's default dictionary.
+DELTA_COLUMNS = ("ts", "received_at")
+
+
+def parquet_encoding(schema: pa.Schema) -> dict[str, object]:
+    """Writer options on top of ``PARQUET_WRITE_OPTIONS``: ``DELTA_COLUMNS`` delta-encoded."""
+
+    def leaves(name: str, t: pa.DataType) -> list[str]:
+        if pa.types.is_map(t):
+            return leaves(f"{name}.key_value.key", t.key_type) + leaves(
+                f"{name}.key_value.value", t.item_type
+            )
+        if pa.types.is_struct(t):
+            return [p for f in t for p in leaves(f"{name}.{f.name}", f.type)]
+        if pa.types.is_list(t) or pa.types.is_large_list(t):
+            return leaves(f"{name}.list.element", t.value_type)
+        return [name]
+
+    paths = [p for f in schema for p in leaves(f.name, f.type)]
+    delta = [c for c in DELTA_COLUMNS if c in paths]
+    return {
+        "use_dictionary": [p for p in paths if p not in delta],
+        "column_encoding": dict.fromkeys(delta, "DELTA_BINARY_PACKED"),
+    }
 
 
 def observation_rows(gateway_id: str, pieces: Sequence[tuple[int, int]]) -> pa.Table:

@@ -300,12 +300,14 @@ def write_file(table: pa.Table, path: Path, gateway_id: str, seq: int) -> tuple[
 
     from schemas.batch import PARQUET_WRITE_OPTIONS, batch_metadata
 
+    from .arrowio import parquet_encoding
+
     table = table.replace_schema_metadata(batch_metadata(gateway_id, seq))
     tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            pq.write_table(table, fh, **PARQUET_WRITE_OPTIONS)
+            pq.write_table(table, fh, **PARQUET_WRITE_OPTIONS, **parquet_encoding(table.schema))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -130,11 +130,3 @@ def cached(conn: sqlite3.Connection) -> list[Device]:
         values = {k: v for k, v in zip(_COLUMNS, row, strict=True) if v is not None}
         out.append(Device.model_validate(values))
     return out
-
-
-def locations(conn: sqlite3.Connection) -> dict[str, tuple[float, float]]:
-    """device_id -> (lat, lon) of the cached devices that have a location."""
-    rows = conn.execute(
-        "SELECT device_id, lat, lon FROM devices WHERE lat IS NOT NULL AND lon IS NOT NULL"
-    ).fetchall()
-    return {d: (float(a), float(b)) for d, a, b in rows}

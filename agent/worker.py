@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 # A run still going after this long is killed (its lock would stall the outbox).
 WORKER_TIMEOUT_S = 1800.0
 # The worker stays for the next run, and leaves after this long without one: a busy
-# period (a backlog, a short export period) pays its ~0.6 s start-up once, while with the
+# period (a backlog, a short export period) pays its ~0.25 s start-up once, while with the
 # default periods (export 60 s, DAG 300 s) it is gone between runs and holds no memory.
 IDLE_EXIT_S = 10.0
 # ...and after this many runs, so memory the allocator keeps cannot pile up.
@@ -198,14 +198,16 @@ def _sqlite(db: Path) -> Iterator[sqlite3.Connection]:
 
 
 def _inputs(conn: sqlite3.Connection, seq: int) -> tuple[list[tuple[int, int]], dict[str, Any]]:
-    """A reserved batch's observation pieces and the registry positions."""
-    from .registry import locations
-
+    """A reserved batch's observation pieces and the registry positions (device → lat, lon)."""
     obs = conn.execute(
         "SELECT start_ms, end_ms FROM batch_observations WHERE seq = ? ORDER BY start_ms, end_ms",
         (seq,),
     ).fetchall()
-    return obs, locations(conn)
+    # the registry cache (agent/registry.py), read here: that module loads pydantic
+    rows = conn.execute(
+        "SELECT device_id, lat, lon FROM devices WHERE lat IS NOT NULL AND lon IS NOT NULL"
+    ).fetchall()
+    return obs, {d: (float(a), float(b)) for d, a, b in rows}
 
 
 def _slice(db: Path, lo: int, hi: int, gateway: str, locs: Any) -> tuple[Any, int, Any, Any]:
@@ -219,8 +221,10 @@ def _slice(db: Path, lo: int, hi: int, gateway: str, locs: Any) -> tuple[Any, in
     return arrowio.to_batch_rows(raw, gateway, locs), raw.num_rows, mm["min"], mm["max"]
 
 
-def _write(db: Path, gateway: str, r: Any, obs: Any, locs: Any) -> dict[str, Any]:
-    """Read (ADBC), build and write one reserved batch; what ``mark`` records.
+def _build(
+    db: Path, gateway: str, r: Any, obs: Any, locs: Any, pool: ThreadPoolExecutor | None = None
+) -> tuple[Any, dict[str, Any]]:
+    """Read (ADBC) and convert one reserved batch: (its table, what ``mark`` records of it).
 
     The id range is read and converted in slices of ``SLICE_ROWS`` on up to one thread per
     core (ADBC, the JSON reader and Parquet release the GIL): ~1.6x on two idle cores.
@@ -229,28 +233,36 @@ def _write(db: Path, gateway: str, r: Any, obs: Any, locs: Any) -> dict[str, Any
     import pyarrow as pa
 
     from . import arrowio, kpirows
-    from .export import write_file
 
     starts = range(r.first_id, r.last_id + 1, SLICE_ROWS)
     bounds = [(lo, min(lo + SLICE_ROWS - 1, r.last_id)) for lo in starts]
     bounds = bounds or [(r.first_id, r.last_id)]  # observations only: no readings
-    threads = min(len(bounds), os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="slice") as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            threads = min(len(bounds), os.cpu_count() or 1)
+            pool = stack.enter_context(ThreadPoolExecutor(threads, thread_name_prefix="slice"))
         parts = list(pool.map(lambda b: _slice(db, b[0], b[1], gateway, locs), bounds))
     n = sum(p[1] for p in parts)
     lows = [p[2] for p in parts if p[2] is not None]
     highs = [p[3] for p in parts if p[3] is not None]
     kpis = kpirows.batch_kpi_rows(db, gateway, r.seq)  # sqlite3: ADBC is closed by now
     table = pa.concat_tables([p[0] for p in parts] + [arrowio.observation_rows(gateway, obs), kpis])
+    return table, {"seq": r.seq, "batch_id": r.batch_id, "readings": n,
+                   "observations": len(obs), "path": str(r.path), "kpis": kpis.num_rows,
+                   "ts_range": (min(lows, default=None), max(highs, default=None))}  # fmt: skip
+
+
+def _write(r: Any, gateway: str, table: Any, info: dict[str, Any]) -> dict[str, Any]:
+    """Write a built batch's file (no database open): ``info`` with its size and sha256."""
+    from .export import write_file
+
     size, digest = write_file(table, r.path, gateway, r.seq)
-    return {"seq": r.seq, "batch_id": r.batch_id, "readings": n,
-            "observations": len(obs), "bytes": size, "sha256": digest, "path": str(r.path),
-            "kpis": kpis.num_rows,
-            "ts_range": (min(lows, default=None), max(highs, default=None))}  # fmt: skip
+    return {**info, "bytes": size, "sha256": digest}
 
 
 _PRELOAD = ("pyarrow.compute", "pyarrow.json", "pyarrow.parquet", "pygeohash", "schemas.batch",
-            "agent.arrowio", "adbc_driver_manager", "adbc_driver_sqlite")  # fmt: skip
+            "agent.arrowio", "agent.kpirows", "adbc_driver_manager",
+            "adbc_driver_sqlite")  # fmt: skip
 
 
 def _preload() -> None:
@@ -261,20 +273,32 @@ def _preload() -> None:
 
 
 def export(a: argparse.Namespace) -> dict[str, Any]:
-    """Finish reserved batches, then reserve, write and mark new ones (agent/export.py)."""
+    """Finish reserved batches, then reserve, write and mark new ones (agent/export.py).
+
+    Batches overlap: while batch n's file is written and fsynced on a thread of its own
+    (no database open there), this thread reserves batch n+1 (``sqlite3``), then reads
+    (ADBC) and converts it; then batch n is marked. Each batch still goes reserve → write
+    → mark, files are written and marked in sequence order, and the two SQLite libraries
+    still take turns (see above): only the file write runs beside them. A crash leaves at
+    most two batches ``reserved`` (n and n+1); the next run finishes both.
+    """
     from .export import Exported, Reserved, mark, reserve
 
     _preload()
     started = time.perf_counter()
     clock = _clock(a.now_ms)
     force = a.force_observations
-    done: list[dict[str, Any]] = []
-    r: Reserved | None
-    while len(done) < a.max_batches:
+    taken = 0  # the last sequence this run took
+
+    def take() -> tuple[Reserved, Any, Any] | None:
+        """The next batch: one a crash left reserved, else a new one; with its inputs."""
+        nonlocal force, taken
+        r: Reserved | None
         with _sqlite(a.db) as conn:
             row = conn.execute(
                 "SELECT seq, batch_id, first_id, last_id, path FROM batches"
-                " WHERE state = 'reserved' ORDER BY seq LIMIT 1"
+                " WHERE state = 'reserved' AND seq > ? ORDER BY seq LIMIT 1",
+                (taken,),
             ).fetchone()
             if row is not None:
                 log.warning("batch %s was reserved but not written (crash?): writing it now",
@@ -285,15 +309,38 @@ def export(a: argparse.Namespace) -> dict[str, Any]:
                             force_observations=force)  # fmt: skip
                 force = False
             if r is None:
-                break
+                return None
             obs, locs = _inputs(conn, r.seq)
+        taken = r.seq
         fault_point("after_reserve_before_write")
-        b = _write(a.db, a.gateway, r, obs, locs)
-        fault_point("after_export_before_mark")
-        ts_range = b.pop("ts_range")
-        with _sqlite(a.db) as conn:
-            mark(conn, Exported(**{**b, "path": r.path}), clock(), ts_range)
-        done.append(b)
+        return r, obs, locs
+
+    done: list[dict[str, Any]] = []
+    with (
+        ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="slice") as pool,
+        ThreadPoolExecutor(1, thread_name_prefix="write") as writer,
+    ):
+        cur = take() if a.max_batches > 0 else None
+        built = _build(a.db, a.gateway, *cur, pool=pool) if cur is not None else None
+        while cur is not None and built is not None:
+            writing = writer.submit(_write, cur[0], a.gateway, *built)
+            nxt = built = None
+            failed: Exception | None = None
+            try:
+                if len(done) + 1 < a.max_batches:
+                    nxt = take()
+                    built = _build(a.db, a.gateway, *nxt, pool=pool) if nxt is not None else None
+            except Exception as exc:  # batch n is written all the same: mark it, then fail
+                failed = exc
+            b = writing.result()  # a failed write is not marked; n+1 waits, reserved
+            fault_point("after_export_before_mark")
+            ts_range = b.pop("ts_range")
+            with _sqlite(a.db) as conn:
+                mark(conn, Exported(**{**b, "path": cur[0].path}), clock(), ts_range)
+            done.append(b)
+            if failed is not None:
+                raise failed
+            cur = nxt
     # the run's own time, without the interpreter's start and the imports (bench figures)
     return {"batches": done, "work_s": time.perf_counter() - started}
 
@@ -311,7 +358,7 @@ def rebuild(a: argparse.Namespace) -> dict[str, Any]:
             raise ExportError(f"no batch with sequence {a.seq} in the buffer")
         r = Reserved(a.seq, row[0], row[1], row[2], Path(row[3]))
         obs, locs = _inputs(conn, a.seq)
-    return {"sha256": _write(a.db, a.gateway, r, obs, locs)["sha256"]}
+    return {"sha256": _write(r, a.gateway, *_build(a.db, a.gateway, r, obs, locs))["sha256"]}
 
 
 def dag(a: argparse.Namespace) -> dict[str, Any]:
@@ -413,6 +460,9 @@ def serve(a: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command (one JSON line on stdout; 0, or 1 with ``{"error": ...}``) or serve."""
     a = _parser().parse_args(argv)
+    # numpy's OpenBLAS starts a thread per core that spins on and off: ~0.1 s of CPU per
+    # export run here (a tenth of it); the worker does no linear algebra
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     logging.basicConfig(level=a.log_level, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     if a.command == "serve":
