@@ -234,6 +234,10 @@ def _check_rows(
     for i in range(md.num_row_groups):
         try:
             table = pf.read_row_group(i, use_threads=False)
+            # the reader trusts what it decoded: a flipped byte can leave dictionary
+            # indices past their dictionary (a crash in any later kernel, here or in
+            # consolidation); a full validation finds it
+            table.validate(full=True)
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise InvalidBatch(
                 f"row group {i} cannot be decoded (page checksum or data corrupt): {exc}",
