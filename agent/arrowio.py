@@ -25,6 +25,7 @@ import pyarrow.json as pj
 
 from schemas.batch import BATCH_SCHEMA, RECORD_OBSERVATION, RECORD_READING
 
+from .buffer import METRIC_SEP
 from .errors import StoreError
 
 log = logging.getLogger(__name__)
@@ -42,11 +43,13 @@ _RAW_SCHEMA = pa.schema(
         ("device_id", pa.string()), ("kind", pa.string()), ("site", pa.string()),
         ("state", pa.string()), ("event_type", pa.string()), ("fw", pa.string()),
         ("lat", pa.float64()), ("lon", pa.float64()), ("metrics", pa.string()),
-        ("detail", pa.string()),
+        ("detail", pa.string()), ("metric_keys", pa.string()), ("metric_vals", pa.binary()),
     ]
 )  # fmt: skip
 # columns that are NULL for many readings: read only when the range holds a value
-_SPARSE = ("state", "event_type", "fw", "lat", "lon", "metrics", "detail")
+# (``metrics``, the JSON text, only in rows written before buffer schema v4)
+_SPARSE = ("state", "event_type", "fw", "lat", "lon", "metrics", "detail", "metric_keys",
+           "metric_vals")  # fmt: skip
 _TS = pa.timestamp("ms", tz="UTC")
 _METRICS = BATCH_SCHEMA.field("metrics").type
 
@@ -148,6 +151,135 @@ def read_readings(conn: sqlite3.Connection, first_id: int, last_id: int) -> pa.T
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read readings {first_id}..{last_id}: {exc}") from exc
     return pa.Table.from_batches(chunks, schema=_RAW_SCHEMA).combine_chunks()
+
+
+def metrics_column(
+    texts: pa.ChunkedArray | pa.Array,
+    keys: pa.ChunkedArray | pa.Array,
+    vals: pa.ChunkedArray | pa.Array,
+) -> pa.Array:
+    """A slice's ``metrics`` map from its JSON texts (rows older than buffer schema v4) and
+    its packed names and values (agent/buffer.py ``pack_metrics``).
+
+    Either way a row's entries come in the order of the names' first appearance in the
+    slice (row by row, then in the row's order), which is what pyarrow's JSON reader
+    (``metrics_map``) gives: the same messages make the same map whatever the layout.
+    """
+    if vals.null_count == len(vals):
+        return metrics_map(texts)  # no packed rows: exactly the path of before v4
+    if texts.null_count == len(texts):
+        return packed_map(keys, vals)
+    # one slice holding both layouts: once per buffer upgraded, so row by row
+    return _metrics_mixed(texts, keys, vals)
+
+
+def _one(a: pa.ChunkedArray | pa.Array) -> pa.Array:
+    if isinstance(a, pa.ChunkedArray):
+        return a.chunk(0) if a.num_chunks == 1 else a.combine_chunks()
+    return a
+
+
+def _packed_corrupt(what: str) -> StoreError:
+    return StoreError(f"packed metrics in the buffer are damaged: {what}")
+
+
+def packed_map(keys: pa.ChunkedArray | pa.Array, vals: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Packed metric names (``METRIC_SEP``-joined text) and values (float64 LE) → the map.
+
+    No Python per row: the values are the binary column's data buffer seen as float64 and
+    its offsets divided by 8; the names are split once per distinct name list (a fleet has
+    few) and spread to the rows by index. Null ``vals``: a null map.
+    """
+    keys, vals = _one(keys), _one(vals)
+    n = len(vals)
+    if n == 0:
+        return pa.array([], type=_METRICS)
+    null_mask = vals.is_null()
+    enc = pc.dictionary_encode(keys)
+    lists = [t.split(METRIC_SEP) for t in enc.dictionary.to_pylist()]
+    # metric names ranked by first appearance: the dictionary is in first-appearance order
+    rank: dict[str, int] = {}
+    for names in lists:
+        for name in names:
+            rank.setdefault(name, len(rank))
+    # per name list: its names' ranks in rank order, and where each sits in the row
+    perms = [sorted(range(len(ns)), key=[rank[name] for name in ns].__getitem__) for ns in lists]
+    reorder = any(p != list(range(len(p))) for p in perms)
+    flat_perm = np.fromiter((j for p in perms for j in p), np.int64)
+    flat_ids = np.fromiter((rank[ns[j]] for ns, p in zip(lists, perms, strict=True) for j in p),
+                           np.int64)  # fmt: skip
+    lens = np.fromiter((len(p) for p in perms), np.int64, len(perms))
+    starts = np.zeros(len(perms), np.int64)
+    np.cumsum(lens[:-1], out=starts[1:])
+
+    valid = vals.is_valid().to_numpy(zero_copy_only=False)
+    offs = np.frombuffer(vals.buffers()[1], np.int32)[vals.offset : vals.offset + n + 1]
+    nbytes = np.diff(offs)
+    if np.any(nbytes[~valid]):
+        # null slots may hold bytes (the ADBC driver leaves one per NULL): a copy without
+        vals = pc.fill_null(vals, pa.scalar(b"", pa.binary()))
+        offs = np.frombuffer(vals.buffers()[1], np.int32)[vals.offset : vals.offset + n + 1]
+        nbytes = np.diff(offs)
+    idx = pc.fill_null(enc.indices, 0).to_numpy().astype(np.int64)
+    counts = np.where(valid, nbytes // 8, 0)
+    if np.any(nbytes[valid] % 8) or np.any(counts[valid] != lens[idx[valid]]):
+        bad = int(np.flatnonzero(valid & ((nbytes % 8 != 0) | (nbytes // 8 != lens[idx])))[0])
+        raise _packed_corrupt(f"row {bad} of the slice has {int(nbytes[bad])} value bytes "
+                              f"for {int(lens[idx[bad]])} names")  # fmt: skip
+    if np.any(valid != keys.is_valid().to_numpy(zero_copy_only=False)):
+        raise _packed_corrupt("names without values, or values without names")
+    data = vals.buffers()[2]
+    raw = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    base = int(offs[0])
+    values = raw[base : int(offs[-1])].view("<f8")
+    names_arr = pa.array(list(rank), pa.string())
+    # each name list's names in rank order, one list per row by Arrow's take, flattened
+    by_list = pa.ListArray.from_arrays(
+        pa.array(np.append(starts, flat_ids.size).astype(np.int32)),
+        names_arr.take(pa.array(flat_ids)),
+    )
+    row_names = by_list.take(enc.indices).flatten()
+    if not reorder:  # the usual case: the values are in the rows' order already
+        map_offs = ((offs - base) // 8).astype(np.int32)
+    else:  # names reordered in some row: gather the values
+        map_offs = np.zeros(n + 1, np.int32)
+        np.cumsum(counts, out=map_offs[1:])
+        total = int(map_offs[-1])
+        row_of = np.repeat(np.arange(n), counts)
+        within = np.arange(total) - map_offs[:-1][row_of]
+        at = starts[idx[row_of]] + within
+        values = values[(offs[:-1][row_of] - base) // 8 + flat_perm[at]]
+    items = pa.array(values.astype(np.float64, copy=False), pa.float64())
+    return pa.MapArray.from_arrays(pa.array(map_offs), row_names, items, type=_METRICS,
+                                   mask=null_mask)  # fmt: skip
+
+
+def _metrics_mixed(
+    texts: pa.ChunkedArray | pa.Array,
+    keys: pa.ChunkedArray | pa.Array,
+    vals: pa.ChunkedArray | pa.Array,
+) -> pa.Array:
+    """Both layouts in one slice: row by row, in the order ``metrics_column`` promises."""
+    rows: list[list[tuple[str, float]] | None] = []
+    for text, names, packed in zip(texts.to_pylist(), keys.to_pylist(), vals.to_pylist(),
+                                   strict=True):  # fmt: skip
+        if packed is not None:
+            numbers = np.frombuffer(packed, "<f8").tolist() if len(packed) % 8 == 0 else None
+            split = names.split(METRIC_SEP) if names is not None else []
+            if numbers is None or len(split) != len(numbers):
+                raise _packed_corrupt(f"{len(packed)} value bytes for names {names!r}")
+            rows.append(list(zip(split, numbers, strict=True)))
+        elif text is not None:
+            obj = json.loads(text)  # as ``_metrics_slow``
+            rows.append([(k, float(v)) for k, v in obj.items() if isinstance(v, int | float)])
+        else:
+            rows.append(None)
+    rank: dict[str, int] = {}
+    for pairs in rows:
+        for name, _ in pairs or ():
+            rank.setdefault(name, len(rank))
+    out = [None if p is None else sorted(p, key=lambda kv: rank[kv[0]]) for p in rows]
+    return pa.array(out, type=_METRICS)
 
 
 def metrics_map(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -296,7 +428,7 @@ def to_batch_rows(
         "lat": raw["lat"],
         "lon": raw["lon"],
         "geohash": geohashes(raw["lat"], raw["lon"], raw["device_id"], registry),
-        "metrics": metrics_map(raw["metrics"]),
+        "metrics": metrics_column(raw["metrics"], raw["metric_keys"], raw["metric_vals"]),
         "detail": raw["detail"],
     }
     # the schema v2 KPI columns are null for a reading

@@ -27,6 +27,14 @@ Tables (schema version in ``PRAGMA user_version``):
   trigger in the DAG's own transaction: the export compares only those with
   ``kpi_shipped`` instead of the whole history). A v2 buffer is upgraded in place: the
   tables are added and every existing ``kpis`` row is marked dirty (never shipped).
+- v4: ``readings.metric_keys`` and ``readings.metric_vals``: a reading's metrics packed
+  so the export reads them without parsing JSON (``pack_metrics``): the names in their
+  order joined by ``METRIC_SEP`` (a fleet has few distinct name lists, so the export
+  handles each list once) and the values as little-endian float64, 8 bytes each, in the
+  same order. ``metrics`` (JSON text) is left NULL then; it still holds the metrics of
+  rows written before the upgrade, and of the rare reading whose metric names cannot be
+  packed (a name holding ``METRIC_SEP``, an empty object). A v3 buffer gains the two
+  columns in place (``ALTER TABLE``); its rows keep their JSON and export as before.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
+import sys
+from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,7 +56,7 @@ if TYPE_CHECKING:  # the export worker imports this module: no pydantic for it
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 QUARANTINE_KEEP_BYTES = 4096
 # Meta key of the upload cursor: readings with id <= this value are uploaded.
 META_UPLOADED_UPTO = "uploaded_upto"
@@ -70,7 +80,9 @@ CREATE TABLE IF NOT EXISTS readings (
     lat REAL,
     lon REAL,
     metrics TEXT,
-    detail TEXT
+    detail TEXT,
+    metric_keys TEXT,
+    metric_vals BLOB
 );
 CREATE UNIQUE INDEX IF NOT EXISTS readings_key ON readings (ts_ms, device_id, kind, seq);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -203,10 +215,16 @@ INSERT OR IGNORE INTO meta (key, value) VALUES ('registry_mtime_ns', 0);
 """
 
 _V3_BACKFILL = "INSERT OR IGNORE INTO kpi_dirty (day, device_id) SELECT day, device_id FROM kpis;"
+# v3 → v4: the packed metrics columns, at the end as a new file's CREATE TABLE has them
+_V4_COLUMNS = (("metric_keys", "TEXT"), ("metric_vals", "BLOB"))
+# Between the metric names in ``readings.metric_keys`` (ASCII unit separator).
+METRIC_SEP = "\x1f"
+_BIG_ENDIAN = sys.byteorder == "big"
 
 _INSERT_READING = (
     "INSERT OR IGNORE INTO readings (ts_ms, device_id, kind, seq, site, received_ms, state,"
-    " event_type, fw, lat, lon, metrics, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+    " event_type, fw, lat, lon, metrics, detail, metric_keys, metric_vals)"
+    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_QUARANTINE = (
     "INSERT INTO quarantine (received_ms, topic, payload, payload_bytes, reason) VALUES (?,?,?,?,?)"
@@ -214,7 +232,7 @@ _INSERT_QUARANTINE = (
 
 Row = tuple[
     int, str, str, int, str, int, str | None, str | None, str | None,
-    float | None, float | None, str | None, str | None,
+    float | None, float | None, str | None, str | None, str | None, bytes | None,
 ]  # fmt: skip
 
 
@@ -233,12 +251,35 @@ class Quarantined:
         return cls(received_ms, topic, payload[:QUARANTINE_KEEP_BYTES], len(payload), reason)
 
 
+def pack_metrics(metrics: dict[str, float]) -> tuple[str, bytes] | None:
+    """``(metric_keys, metric_vals)`` of a metrics object, or None when it cannot be packed.
+
+    Names in the object's order joined by ``METRIC_SEP``; values as little-endian float64
+    in the same order. An empty object (no names to join: it would read back as one name
+    ``""``) and a name holding the separator are not packed: those keep the JSON text.
+    """
+    keys = METRIC_SEP.join(metrics)
+    if keys.count(METRIC_SEP) != len(metrics) - 1:
+        return None
+    vals = array("d", metrics.values())
+    if _BIG_ENDIAN:
+        vals.byteswap()
+    return keys, vals.tobytes()
+
+
 def reading_row(r: Reading) -> Row:
     """The column values of one reading, in ``_INSERT_READING`` order."""
-    metrics = None if r.metrics is None else json.dumps(r.metrics, separators=(",", ":"))
+    metrics = r.metrics
+    text = keys = vals = None
+    if metrics is not None:
+        packed = pack_metrics(metrics)
+        if packed is None:
+            text = json.dumps(metrics, separators=(",", ":"))
+        else:
+            keys, vals = packed
     return (
         r.ts_ms, r.device_id, r.kind, r.seq, r.site, r.received_ms, r.state,
-        r.event_type, r.fw, r.lat, r.lon, metrics, r.detail,
+        r.event_type, r.fw, r.lat, r.lon, text, r.detail, keys, vals,
     )  # fmt: skip
 
 
@@ -256,6 +297,26 @@ def _connect(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     except (sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the buffer {path}: {exc}; check data_dir") from exc
     return conn
+
+
+def _add_packed_columns(conn: sqlite3.Connection) -> None:
+    """v3 → v4 in place: add the packed metrics columns ``readings`` lacks (one transaction).
+
+    ``ALTER TABLE ... ADD COLUMN`` has no ``IF NOT EXISTS``: the columns are looked up again
+    under the write lock, so two processes opening an old buffer at once add them once.
+    The version is raised after this, by the set-up script: a crash in between leaves a
+    v3 file with the columns, which the next open takes as it is.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(readings)")}
+        for name, decl in _V4_COLUMNS:
+            if have and name not in have:
+                conn.execute(f"ALTER TABLE readings ADD COLUMN {name} {decl}")
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 class Buffer:
@@ -279,6 +340,8 @@ class Buffer:
             # IMMEDIATE: take the write lock up front, waiting on the busy timeout; a plain
             # BEGIN reads first and then fails at once with "database is locked" when another
             # process (the running agent, its worker) commits before the upgrade to a write
+            if 0 < version < 4:
+                _add_packed_columns(conn)
             # v2 → v3: KPI rows computed before the upgrade were never shipped
             upgrade = _V3_BACKFILL if 0 < version < 3 else ""
             conn.executescript(

@@ -249,7 +249,7 @@ def test_a_v2_buffer_is_upgraded_and_its_kpi_rows_ship(cfg: AgentConfig) -> None
     conn.close()
     buf = Buffer.open(cfg.db_path)
     try:
-        assert buf.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert buf.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
     finally:
         buf.close()
     (path,) = export(cfg, force=True)

@@ -66,7 +66,7 @@ def _check(buf: Buffer, acked: dict[tuple[int, str, str, int], tuple[object, ...
     conn = buf._conn
     rows = conn.execute(
         "SELECT ts_ms, device_id, kind, seq, site, received_ms, state, event_type, fw,"
-        " lat, lon, metrics, detail FROM readings"
+        " lat, lon, metrics, detail, metric_keys, metric_vals FROM readings"
     ).fetchall()
     stored = {tuple(r[:4]): tuple(r) for r in rows}
     lost = sum(stored.get(k) != v for k, v in acked.items())
