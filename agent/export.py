@@ -232,22 +232,26 @@ def _reserve(
     # come on top, as they always did)
     kpis = _kpis_changed(conn, max_rows)
     room = max_rows - len(kpis)
-    last = upto
+    last, readings = upto, 0
     if room > 0:
         # ids only grow and one process writes: every id <= max(id) is committed here
         row = conn.execute(
             "SELECT id FROM readings WHERE id > ? ORDER BY id LIMIT 1 OFFSET ?", (upto, room - 1)
         ).fetchone()
-        last = int(row[0]) if row else int(conn.execute(
-            "SELECT coalesce(max(id), 0) FROM readings").fetchone()[0])  # fmt: skip
-        last = max(last, upto)
+        if row is not None:
+            # the room-th id after the cursor: the batch holds exactly ``room`` readings,
+            # which spares a second walk of the range to count them
+            last, readings = int(row[0]), room
+        else:  # fewer than ``room`` left: all of them, counted in one pass
+            last, readings = conn.execute(
+                "SELECT coalesce(max(id), ?), count(*) FROM readings WHERE id > ?", (upto, upto)
+            ).fetchone()
+            last, readings = max(int(last), upto), int(readings)
     # without readings: a full batch of KPI rows leaves at once, the rest wait their turn
     if last == upto and not (
         (pieces or kpis) and (room <= 0 or _obs_only_due(conn, now_ms, force_observations))
     ):
         return None
-    count_sql = "SELECT count(*) FROM readings WHERE id > ? AND id <= ?"
-    readings = int(conn.execute(count_sql, (upto, last)).fetchone()[0])
     from schemas.batch import batch_id  # the worker has pyarrow loaded anyway
 
     seq = int(conn.execute("SELECT coalesce(max(seq), 0) FROM batches").fetchone()[0]) + 1
