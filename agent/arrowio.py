@@ -67,14 +67,21 @@ def read_range(db_path: Path, first_id: int, last_id: int) -> pa.Table:
     return read_readings_adbc(db_path, first_id, last_id)
 
 
+# ...counted: ingest writes ``metric_keys`` with ``metric_vals`` (agent/buffer.py), so one
+# count answers for both (each count costs the scan ~2 ms per 100k rows)
+_COUNTED = tuple(c for c in _SPARSE if c != "metric_keys")
+
+
 def _wanted(present: Sequence[int]) -> list[str]:
+    counts = dict(zip(_COUNTED, present, strict=True))
+    counts["metric_keys"] = counts["metric_vals"]
     return [f.name for f in _RAW_SCHEMA if f.name not in _SPARSE] + [
-        c for c, n in zip(_SPARSE, present, strict=True) if n
+        c for c in _SPARSE if counts[c]
     ]
 
 
 _COUNT_SQL = (
-    "SELECT " + ", ".join(f"count({c})" for c in _SPARSE)
+    "SELECT " + ", ".join(f"count({c})" for c in _COUNTED)
     + " FROM readings WHERE id BETWEEN ? AND ?"
 )  # fmt: skip
 
