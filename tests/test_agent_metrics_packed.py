@@ -258,3 +258,28 @@ def _as_json(r: Reading) -> dict[str, object]:
     names = ("ts_ms", "device_id", "kind", "seq", "site", "received_ms", "state",
              "event_type", "fw", "lat", "lon", "metrics", "detail")  # fmt: skip
     return dict(zip(names, (*row[:11], text, row[12]), strict=True))
+
+
+def test_the_sqlite3_fallback_reads_the_same_rows_as_adbc(tmp_path: Path) -> None:
+    """Without the ADBC driver (32-bit ARM) the worker reads through ``sqlite3``: same rows."""
+    from agent.arrowio import read_readings, read_readings_adbc, to_batch_rows
+
+    readings = _messages()
+    cfg = cfg_of(agent_config(tmp_path))
+    buf = Buffer.open(cfg.db_path)
+    try:
+        buf.write(readings[:10])
+        add_readings(cfg, (json_row(0, **_as_json(r)) for r in readings[10:12]))  # v3 rows
+        buf.write(readings[12:])
+    finally:
+        buf.close()
+    n = len(readings)
+    for lo, hi in ((1, n), (1, 10), (11, n)):
+        conn = sqlite3.connect(cfg.db_path)
+        try:
+            slow = read_readings(conn, lo, hi)
+        finally:
+            conn.close()
+        fast = read_readings_adbc(cfg.db_path, lo, hi)
+        assert slow.num_rows == hi - lo + 1 and slow.equals(fast)
+        assert to_batch_rows(slow, "gw", {}).equals(to_batch_rows(fast, "gw", {}))
