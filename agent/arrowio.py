@@ -6,8 +6,10 @@ buffer open through ``sqlite3`` at the same time (the reason is in agent/worker.
 Without the driver the ``sqlite3`` cursor builds a Python object per cell (~150k rows/s).
 Either way a batch reads only the columns that hold a value somewhere in its range
 (telemetry has no ``state``, ``event_type``, ``detail``, often no position): one cheap
-``count()`` scan saves up to half the cells, and it lets ADBC, which infers a column's
-type from its values, never meet a column of NULLs only.
+``count()`` scan saves up to half the cells. Telemetry's own columns (``fw``, the packed
+metrics) are read without counting; one that holds NULLs only after all comes back from
+ADBC, which infers a column's type from its values, typed int64 and is replaced by
+typed nulls.
 """
 
 from __future__ import annotations
@@ -67,16 +69,18 @@ def read_range(db_path: Path, first_id: int, last_id: int) -> pa.Table:
     return read_readings_adbc(db_path, first_id, last_id)
 
 
-# ...counted: ingest writes ``metric_keys`` with ``metric_vals`` (agent/buffer.py), so one
-# count answers for both (each count costs the scan ~2 ms per 100k rows)
-_COUNTED = tuple(c for c in _SPARSE if c != "metric_keys")
+# ...counted first, but for those a telemetry reading (most of a fleet's) usually holds:
+# each count costs the scan ~2 ms per 100k rows, and such a column is read anyway. When
+# one of them is NULL all over a range after all (a slice of status messages), the ADBC
+# driver types it int64 and ``read_readings_adbc`` puts typed nulls in its place.
+_UNCOUNTED = ("fw", "metric_keys", "metric_vals")
+_COUNTED = tuple(c for c in _SPARSE if c not in _UNCOUNTED)
 
 
 def _wanted(present: Sequence[int]) -> list[str]:
     counts = dict(zip(_COUNTED, present, strict=True))
-    counts["metric_keys"] = counts["metric_vals"]
     return [f.name for f in _RAW_SCHEMA if f.name not in _SPARSE] + [
-        c for c in _SPARSE if counts[c]
+        c for c in _SPARSE if c in _UNCOUNTED or counts[c]
     ]
 
 
@@ -130,11 +134,15 @@ def read_readings_adbc(db_path: Path, first_id: int, last_id: int) -> pa.Table:
     except am.Error as exc:
         raise StoreError(f"cannot read readings {first_id}..{last_id} (ADBC): {exc}") from exc
     n = got.num_rows
-    arrays = [
-        got.column(wanted.index(f.name)).cast(f.type) if f.name in wanted
-        else pa.nulls(n, f.type)
-        for f in _RAW_SCHEMA
-    ]  # fmt: skip
+
+    def column(f: pa.Field) -> pa.ChunkedArray | pa.Array:
+        if f.name not in wanted:
+            return pa.nulls(n, f.type)
+        col = got.column(wanted.index(f.name))
+        # NULLs only (an uncounted column): the driver typed it int64, not f.type
+        return pa.nulls(n, f.type) if col.null_count == n else col.cast(f.type)
+
+    arrays = [column(f) for f in _RAW_SCHEMA]
     return pa.Table.from_arrays(arrays, schema=_RAW_SCHEMA).combine_chunks()
 
 

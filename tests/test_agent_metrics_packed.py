@@ -271,10 +271,17 @@ def test_the_sqlite3_fallback_reads_the_same_rows_as_adbc(tmp_path: Path) -> Non
         buf.write(readings[:10])
         add_readings(cfg, (json_row(0, **_as_json(r)) for r in readings[10:12]))  # v3 rows
         buf.write(readings[12:])
+        # a range without telemetry: no fw, no metrics at all (those columns are not
+        # counted first, and come back from ADBC as NULLs of the wrong type)
+        status = [decode(f"fleet/site-a/dev-{i}/status",
+                         json.dumps({"device_id": f"dev-{i}", "ts": T0_MS + 500 + i,
+                                     "state": "online"}).encode(), T0_MS + 600)
+                  for i in range(3)]  # fmt: skip
+        buf.write(status)
     finally:
         buf.close()
     n = len(readings)
-    for lo, hi in ((1, n), (1, 10), (11, n)):
+    for lo, hi in ((1, n + 3), (1, 10), (11, n), (n + 1, n + 3)):
         conn = sqlite3.connect(cfg.db_path)
         try:
             slow = read_readings(conn, lo, hi)
@@ -283,3 +290,4 @@ def test_the_sqlite3_fallback_reads_the_same_rows_as_adbc(tmp_path: Path) -> Non
         fast = read_readings_adbc(cfg.db_path, lo, hi)
         assert slow.num_rows == hi - lo + 1 and slow.equals(fast)
         assert to_batch_rows(slow, "gw", {}).equals(to_batch_rows(fast, "gw", {}))
+    assert fast["fw"].null_count == fast["metric_vals"].null_count == 3
