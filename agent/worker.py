@@ -227,7 +227,7 @@ def _build(
     """Read (ADBC) and convert one reserved batch: (its table, what ``mark`` records of it).
 
     The id range is read and converted in slices of ``SLICE_ROWS`` on up to one thread per
-    core (ADBC, the JSON reader and Parquet release the GIL): ~1.6x on two idle cores.
+    core (ADBC, Arrow kernels and Parquet release the GIL): ~1.6x on two idle cores.
     The slices depend only on the range, so a rebuild writes the same bytes.
     """
     import pyarrow as pa
