@@ -202,11 +202,13 @@ class DiskGuard:
         """Ingest committed ``rows`` (readings + quarantined): check early if they may fill."""
         n = self.committed + rows
         self.committed = n
+        # the hold first: a check started before it could finish, find room and leave the
+        # hold set after it, and ingest would wait for the next periodic check
+        if n >= self._hold_at and not self.full.is_set():
+            self.full.set()  # until the check has measured: it lets go if there is room
         if n >= self._check_at and not self._kicked:
             self._kicked = True
             threading.Thread(target=self._early_check, name="fleetpulse-disk", daemon=True).start()
-        if n >= self._hold_at and not self.full.is_set():
-            self.full.set()  # until the check has measured: it lets go if there is room
 
     def _early_check(self) -> None:
         if not self._lock.acquire(blocking=False):

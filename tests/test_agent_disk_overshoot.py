@@ -168,9 +168,14 @@ def test_a_counter_hold_is_let_go_when_the_check_finds_room(tmp_path: Path) -> N
     try:
         guard = DiskGuard(cfg, buf.conn)
         guard.check(0)
+        # the early check waits for the test, so the hold is seen before the check lets go
+        go = threading.Event()
+        measure = guard._check
+        guard._check = lambda now_ms: (go.wait(10), measure(now_ms))[1]  # type: ignore[method-assign]
         # a burst the estimate (1 KiB a row while the buffer is nearly empty) says fills it
         guard.note_commit(70_000)
         assert guard.full.is_set()  # held at once, on the ingest thread
+        go.set()
         wait_for("the early check", lambda: not guard.full.is_set(), 10, every=0.001)
         assert guard.early_checks == 1  # nothing was written: room after all, no alarm
     finally:
