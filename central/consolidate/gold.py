@@ -218,21 +218,8 @@ def agent_device_day(agent_kpis: ir.Table, days: ir.Table) -> ir.Table:
         ],
     )
     ranked = k.mutate(copy_rank=ibis.row_number().over(w))
-    latest = ranked.filter(ranked.copy_rank == 0)
-    return latest.select(
-        "gateway_id",
-        "day",
-        "device_id",
-        "site",
-        "eligible_s",
-        "up_s",
-        "down_s",
-        "unknown_s",
-        "device_uptime",
-        "connectivity_ratio",
-        "computed_at",
-        "batch_id",
-    )
+    # the columns of bronze.agent_kpis, as they came
+    return ranked.filter(ranked.copy_rank == 0).drop("copy_rank")
 
 
 def quarantine(quarantine_rows: ir.Table) -> ir.Table:

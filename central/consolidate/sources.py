@@ -58,6 +58,18 @@ ALERTS_SCHEMA = pa.schema(
         pa.field("cleared_at", _TS),
     ]
 )
+# Columns a v1 batch lacks, with their Ibis types: when no file read has them, the engine
+# adds them as nulls (a v1-only landing reads as v2 files without KPI rows).
+V2_COLUMNS: dict[str, str] = {
+    "day": "date",
+    "eligible_s": "float64",
+    "up_s": "float64",
+    "down_s": "float64",
+    "unknown_s": "float64",
+    "device_uptime": "float64",
+    "connectivity_ratio": "float64",
+    "computed_at": "timestamp('UTC')",
+}
 # The columns of a landed batch that consolidation reads (schemas.batch.BATCH_SCHEMA).
 BATCH_COLUMNS: tuple[str, ...] = (
     "record_type",
@@ -75,27 +87,8 @@ BATCH_COLUMNS: tuple[str, ...] = (
     "lat",
     "lon",
     # schema v2: the agents' KPI rows (record type ``kpi``)
-    "day",
-    "eligible_s",
-    "up_s",
-    "down_s",
-    "unknown_s",
-    "device_uptime",
-    "connectivity_ratio",
-    "computed_at",
+    *V2_COLUMNS,
 )
-# Columns a v1 batch lacks, with their Ibis types: when no file read has them, the engine
-# adds them as nulls (a v1-only landing reads as v2 files without KPI rows).
-V2_COLUMNS: dict[str, str] = {
-    "day": "date",
-    "eligible_s": "float64",
-    "up_s": "float64",
-    "down_s": "float64",
-    "unknown_s": "float64",
-    "device_uptime": "float64",
-    "connectivity_ratio": "float64",
-    "computed_at": "timestamp('UTC')",
-}
 
 
 # -- landed batches -----------------------------------------------------------------------
