@@ -1,8 +1,8 @@
 """A reserved batch's local KPI rows (``batch_kpis``) → ``kpi`` records of BATCH_SCHEMA.
 
-Runs in the export worker (agent/worker.py ``_write``) after the batch's readings were
-read: ADBC's connections are closed by then, so opening the buffer with ``sqlite3`` here
-keeps the worker's rule of one SQLite library at a time. The rows come from the copy the
+Runs in the export worker (agent/worker.py): the rows are read with the batch's other
+recorded inputs, on the ``sqlite3`` connection that reserved it (before ADBC reads the
+readings), and turned into records when the batch is built. They come from the copy the
 reserve transaction made (agent/export.py), never from ``kpis`` itself, which the DAG
 rewrites: a batch written after a crash, or rebuilt by ``agent requeue --rebuild``, has
 the same bytes as the first time.
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import sqlite3
 from datetime import date
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -20,7 +19,6 @@ from schemas.batch import BATCH_SCHEMA, RECORD_KPI
 
 from .errors import StoreError
 
-BUSY_TIMEOUT_MS = 5000
 DAY_MS = 86_400_000
 _EPOCH_ORDINAL = date(1970, 1, 1).toordinal()
 _COLUMNS = ("day", "device_id", "site", "eligible_s", "up_s", "down_s", "unknown_s",
@@ -28,19 +26,13 @@ _COLUMNS = ("day", "device_id", "site", "eligible_s", "up_s", "down_s", "unknown
             "computed_ms")  # fmt: skip
 
 
-def read_batch_kpis(db_path: Path, seq: int) -> list[tuple]:
+def read_batch_kpis(conn: sqlite3.Connection, seq: int) -> list[tuple]:
     """The KPI rows batch ``seq`` carries, ordered by (day, device_id)."""
     try:
-        conn = sqlite3.connect(db_path)
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            return conn.execute(
-                f"SELECT {', '.join(_COLUMNS)} FROM batch_kpis WHERE seq = ?"
-                " ORDER BY day, device_id",
-                (seq,),
-            ).fetchall()
-        finally:
-            conn.close()
+        return conn.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM batch_kpis WHERE seq = ? ORDER BY day, device_id",
+            (seq,),
+        ).fetchall()
     except sqlite3.Error as exc:
         raise StoreError(f"cannot read the KPI rows of batch {seq}: {exc}") from exc
 
@@ -63,8 +55,3 @@ def kpi_rows(gateway_id: str, rows: list[tuple]) -> pa.Table:
     for name in _COLUMNS[1:-1]:
         cols[name] = pa.array(by_name.get(name, ()), BATCH_SCHEMA.field(name).type)
     return pa.Table.from_arrays([cols[f.name] for f in BATCH_SCHEMA], schema=BATCH_SCHEMA)
-
-
-def batch_kpi_rows(db_path: Path, gateway_id: str, seq: int) -> pa.Table:
-    """The ``kpi`` records of reserved batch ``seq``."""
-    return kpi_rows(gateway_id, read_batch_kpis(db_path, seq))

@@ -197,8 +197,15 @@ def _sqlite(db: Path) -> Iterator[sqlite3.Connection]:
         conn.close()
 
 
-def _inputs(conn: sqlite3.Connection, seq: int) -> tuple[list[tuple[int, int]], dict[str, Any]]:
-    """A reserved batch's observation pieces and the registry positions (device → lat, lon)."""
+def _inputs(
+    conn: sqlite3.Connection, seq: int
+) -> tuple[list[tuple[int, int]], dict[str, Any], list[tuple[Any, ...]]]:
+    """A reserved batch's recorded inputs: observation pieces, registry positions, KPI rows.
+
+    The positions are device → (lat, lon); the KPI rows are the batch's copy (``batch_kpis``).
+    """
+    from .kpirows import read_batch_kpis
+
     obs = conn.execute(
         "SELECT start_ms, end_ms FROM batch_observations WHERE seq = ? ORDER BY start_ms, end_ms",
         (seq,),
@@ -207,7 +214,7 @@ def _inputs(conn: sqlite3.Connection, seq: int) -> tuple[list[tuple[int, int]], 
     rows = conn.execute(
         "SELECT device_id, lat, lon FROM devices WHERE lat IS NOT NULL AND lon IS NOT NULL"
     ).fetchall()
-    return obs, {d: (float(a), float(b)) for d, a, b in rows}
+    return obs, {d: (float(a), float(b)) for d, a, b in rows}, read_batch_kpis(conn, seq)
 
 
 def _slice(db: Path, lo: int, hi: int, gateway: str, locs: Any) -> tuple[Any, int, Any, Any]:
@@ -222,7 +229,13 @@ def _slice(db: Path, lo: int, hi: int, gateway: str, locs: Any) -> tuple[Any, in
 
 
 def _build(
-    db: Path, gateway: str, r: Any, obs: Any, locs: Any, pool: ThreadPoolExecutor | None = None
+    db: Path,
+    gateway: str,
+    r: Any,
+    obs: Any,
+    locs: Any,
+    kpi_copy: Any,
+    pool: ThreadPoolExecutor | None = None,
 ) -> tuple[Any, dict[str, Any]]:
     """Read (ADBC) and convert one reserved batch: (its table, what ``mark`` records of it).
 
@@ -245,7 +258,7 @@ def _build(
     n = sum(p[1] for p in parts)
     lows = [p[2] for p in parts if p[2] is not None]
     highs = [p[3] for p in parts if p[3] is not None]
-    kpis = kpirows.batch_kpi_rows(db, gateway, r.seq)  # sqlite3: ADBC is closed by now
+    kpis = kpirows.kpi_rows(gateway, kpi_copy)
     table = pa.concat_tables([p[0] for p in parts] + [arrowio.observation_rows(gateway, obs), kpis])
     return table, {"seq": r.seq, "batch_id": r.batch_id, "readings": n,
                    "observations": len(obs), "path": str(r.path), "kpis": kpis.num_rows,
@@ -290,7 +303,7 @@ def export(a: argparse.Namespace) -> dict[str, Any]:
     force = a.force_observations
     taken = 0  # the last sequence this run took
 
-    def take() -> tuple[Reserved, Any, Any] | None:
+    def take() -> tuple[Reserved, Any, Any, Any] | None:
         """The next batch: one a crash left reserved, else a new one; with its inputs."""
         nonlocal force, taken
         r: Reserved | None
@@ -310,10 +323,10 @@ def export(a: argparse.Namespace) -> dict[str, Any]:
                 force = False
             if r is None:
                 return None
-            obs, locs = _inputs(conn, r.seq)
+            inputs = _inputs(conn, r.seq)
         taken = r.seq
         fault_point("after_reserve_before_write")
-        return r, obs, locs
+        return r, *inputs
 
     done: list[dict[str, Any]] = []
     with (
@@ -357,8 +370,8 @@ def rebuild(a: argparse.Namespace) -> dict[str, Any]:
         if row is None:
             raise ExportError(f"no batch with sequence {a.seq} in the buffer")
         r = Reserved(a.seq, row[0], row[1], row[2], Path(row[3]))
-        obs, locs = _inputs(conn, a.seq)
-    return {"sha256": _write(r, a.gateway, *_build(a.db, a.gateway, r, obs, locs))["sha256"]}
+        inputs = _inputs(conn, a.seq)
+    return {"sha256": _write(r, a.gateway, *_build(a.db, a.gateway, r, *inputs))["sha256"]}
 
 
 def dag(a: argparse.Namespace) -> dict[str, Any]:
