@@ -172,6 +172,14 @@ def _check_declared_sizes(md: pq.FileMetaData, body: bytes, limits: Limits) -> N
     declared = 0
     for i in range(md.num_row_groups):
         rg = md.row_group(i)
+        # a column chunk is read against the schema's leaf of the same index: one past the
+        # schema's end takes the whole process down (abort in Arrow), not an exception
+        if rg.num_columns != md.num_columns:
+            raise InvalidBatch(
+                f"row group {i} has {rg.num_columns} column chunks for {md.num_columns} "
+                "schema columns",
+                "corrupt",
+            )
         for j in range(rg.num_columns):
             col = rg.column(j)
             # Writers leave an unused offset at 0 (pyarrow does for empty row groups).
