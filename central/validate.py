@@ -27,7 +27,9 @@ from schemas.batch import (
 )
 
 from .errors import Forbidden, InvalidBatch
-from .pages import PageFormatError, iter_pages
+from .footer import read_column_chunks
+from .pages import iter_pages
+from .thrift import FormatError
 
 MAGIC = b"PAR1"
 
@@ -167,40 +169,48 @@ def _check_declared_sizes(md: pq.FileMetaData, body: bytes, limits: Limits) -> N
             "split it into smaller batches",
             "too_many_rows",
         )
+    # the chunks are read from the footer's bytes, not through md.row_group(i).column(j),
+    # which aborts the process on some mangled footers (central/footer.py)
+    try:
+        groups = read_column_chunks(body)
+    except FormatError as exc:
+        raise InvalidBatch(f"Parquet footer is malformed: {exc}", "corrupt") from exc
+    if len(groups) != md.num_row_groups:
+        raise InvalidBatch(
+            f"footer lists {len(groups)} row groups where the reader counts {md.num_row_groups}",
+            "corrupt",
+        )
     footer_start = len(body) - 8 - int.from_bytes(body[-8:-4], "little")
     buf = memoryview(body)[:footer_start]
     declared = 0
-    for i in range(md.num_row_groups):
-        rg = md.row_group(i)
-        # a column chunk is read against the schema's leaf of the same index: one past the
-        # schema's end takes the whole process down (abort in Arrow), not an exception
-        if rg.num_columns != md.num_columns:
+    for i, chunks in enumerate(groups):
+        # a column chunk is read against the schema's leaf of the same index
+        if len(chunks) != md.num_columns:
             raise InvalidBatch(
-                f"row group {i} has {rg.num_columns} column chunks for {md.num_columns} "
+                f"row group {i} has {len(chunks)} column chunks for {md.num_columns} "
                 "schema columns",
                 "corrupt",
             )
-        for j in range(rg.num_columns):
-            col = rg.column(j)
+        for col in chunks:
             # Writers leave an unused offset at 0 (pyarrow does for empty row groups).
             offsets = [col.data_page_offset]
-            if col.has_dictionary_page:
-                offsets.append(col.dictionary_page_offset or 0)
+            if col.dictionary_page_offset is not None:
+                offsets.append(col.dictionary_page_offset)
             start = min((o for o in offsets if o >= len(MAGIC)), default=-1)
             in_pages = 0
             try:
                 for page in iter_pages(buf, start, col.total_compressed_size):
                     if not page.has_crc:
                         raise InvalidBatch(
-                            f"column {col.path_in_schema!r} has pages without a CRC: write "
+                            f"column {col.path!r} has pages without a CRC: write "
                             "batches with page checksums on (PARQUET_WRITE_OPTIONS)",
                             "no_page_checksum",
                         )
                     in_pages += page.header_len + page.uncompressed_size
                     _check_budget(declared + in_pages, limits, "declares")
-            except PageFormatError as exc:
+            except FormatError as exc:
                 raise InvalidBatch(
-                    f"column {col.path_in_schema!r} in row group {i}: {exc}", "corrupt"
+                    f"column {col.path!r} in row group {i}: {exc}", "corrupt"
                 ) from exc
             # Footer and page headers are both claims a hostile file controls: count the
             # larger of the two.

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -11,7 +15,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from central.errors import Forbidden, InvalidBatch, UploadRefused
+from central.footer import read_column_chunks
 from central.pages import iter_pages, read_page_header
+from central.thrift import CompactReader
 from central.validate import Limits, validate_batch
 from schemas.batch import (
     BATCH_SCHEMA,
@@ -210,6 +216,9 @@ def test_several_row_groups() -> None:
 # a zeroed byte in the first dictionary page: the file still decodes, with dictionary
 # indices past the dictionary's end (took the validator down until it validated fully)
 @example(edits=[(18, 0)], cut=None)
+# a bad page header in a column whose footer path is not UTF-8: the refusal's own message
+# raised UnicodeDecodeError (a 500) while pyarrow's metadata named the column
+@example(edits=[(2243, 163), (5010, 222)], cut=None)
 def test_mangled_batches_are_refused_or_valid_never_crash(
     edits: list[tuple[int, int]], cut: int | None
 ) -> None:
@@ -223,3 +232,78 @@ def test_mangled_batches_are_refused_or_valid_never_crash(
     except UploadRefused:
         return
     assert 0 <= facts.rows <= LIMITS.max_rows
+
+
+def test_footer_chunks_match_pyarrow() -> None:
+    for body in (GOOD, _multi_rowgroup_batch()):
+        md = pq.ParquetFile(pa.BufferReader(body)).metadata
+        groups = read_column_chunks(body)
+        assert len(groups) == md.num_row_groups
+        for i, chunks in enumerate(groups):
+            rg = md.row_group(i)  # safe on these well-formed files
+            assert len(chunks) == rg.num_columns
+            for j, chunk in enumerate(chunks):
+                col = rg.column(j)
+                assert chunk.path == col.path_in_schema
+                assert chunk.total_compressed_size == col.total_compressed_size
+                assert chunk.total_uncompressed_size == col.total_uncompressed_size
+                assert chunk.data_page_offset == col.data_page_offset
+                want = col.dictionary_page_offset if col.has_dictionary_page else None
+                assert chunk.dictionary_page_offset == want
+
+
+def _with_repetition(body: bytes, leaf: str, repetition: int) -> bytes:
+    """``body`` with the footer's schema element ``leaf`` declared ``repetition`` (0 required,
+    1 optional, 2 repeated), changed in place so the rest of the footer stays well-formed."""
+    buf = memoryview(body)
+    start = len(body) - 8 - int.from_bytes(body[-8:-4], "little")
+    r = CompactReader(buf, start, len(body) - 8, "the footer")
+    for fid, ttype in r.fields():
+        if fid != 2:  # FileMetaData.schema
+            r.skip_value(ttype, 1)
+            continue
+        _, size = r.list_header()
+        for _ in range(size):
+            name, at = None, -1
+            for efid, etype in r.fields():
+                if efid == 3:  # SchemaElement.repetition_type, a one-byte zigzag varint here
+                    at = r.pos
+                    r.zigzag()
+                elif efid == 4:
+                    name = r.binary().decode()
+                else:
+                    r.skip_value(etype, 2)
+            if name == leaf:
+                assert body[at] < 0x80
+                return body[:at] + bytes([repetition * 2]) + body[at + 1 :]
+    raise AssertionError(f"no schema element {leaf!r}")
+
+
+# An optional leaf declared required no longer fits the definition-level histogram its
+# chunk's size statistics carry. pyarrow 26 aborts the process (a C++ exception through a
+# noexcept path, uncatchable) when such a chunk's metadata object is built, which validation
+# did until it read the footer itself; the suite's fuzz run found it. The check runs in a
+# child so a regression fails this test instead of killing the suite (or central).
+def test_mangled_size_histogram_refused_not_aborted(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(_with_repetition(GOOD, "site", 0))
+    code = textwrap.dedent(
+        f"""
+        from pathlib import Path
+        from central.errors import UploadRefused
+        from central.validate import Limits, validate_batch
+
+        limits = Limits({LIMITS.max_rows}, {LIMITS.max_decompressed_bytes})
+        try:
+            validate_batch(Path({str(bad)!r}).read_bytes(), "gw-1", limits, 1)
+        except UploadRefused as exc:
+            print("refused", exc.error, exc.detail)
+        """
+    )
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("refused corrupt"), proc.stdout
+    assert "Definition level histogram size mismatch" in proc.stdout
