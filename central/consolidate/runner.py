@@ -115,14 +115,23 @@ class Extents:
     pairs: pa.Table
 
 
-def _extents(engine: Engine, batches: Sequence[LandedBatch]) -> Extents:
-    """Per batch the event-time span of its rows, and what the plan derives from its rows."""
+def _extents(
+    engine: Engine, batches: Sequence[LandedBatch], *, incremental: bool = True
+) -> Extents:
+    """Per batch the event-time span of its rows, and what the plan derives from its rows.
+
+    With ``incremental=False`` (a full run, which reads everything anyway) the pairs and the
+    kpi days, two more passes over the batches, are not queried and come back empty.
+    """
     from schemas.batch import RECORD_KPI
 
     from .bronze import epoch_ms
 
+    no_pairs = pa.table(
+        {"device_id": pa.array([], pa.string()), "gateway_id": pa.array([], pa.string())}
+    )
     if not batches:
-        return Extents({}, [], set(), pa.table({"device_id": pa.array([], pa.string())}))
+        return Extents({}, [], set(), no_pairs)
     t = engine.read_parquet([b.path for b in batches], BATCH_COLUMNS, V2_COLUMNS)
     t = t.mutate(batch_id=t.filename.re_extract(r"([^/\\]+)\.parquet$", 1))
     ts = epoch_ms(t.ts)
@@ -137,6 +146,10 @@ def _extents(engine: Engine, batches: Sequence[LandedBatch]) -> Extents:
         lo=_.lo.min(), hi=_.hi.max(), rlo=_.rlo.min(), rhi=_.rhi.max()
     )
     rows = engine.to_arrow(agg, "batch extents").to_pylist()
+    spans = {r["batch_id"]: (r["lo"], r["hi"]) for r in rows}
+    reach = [(r["rlo"], r["rhi"]) for r in rows if r["rlo"] is not None]
+    if not incremental:
+        return Extents(spans, reach, set(), no_pairs)
     pairs = engine.to_arrow(
         t.filter(t.device_id.notnull() & ~is_kpi).select("device_id", "gateway_id").distinct(),
         "new device-gateway pairs",
@@ -144,12 +157,7 @@ def _extents(engine: Engine, batches: Sequence[LandedBatch]) -> Extents:
     kpi_days = engine.to_arrow(
         t.filter(is_kpi & t.day.notnull()).select("day").distinct(), "kpi days"
     )
-    return Extents(
-        {r["batch_id"]: (r["lo"], r["hi"]) for r in rows},
-        [(r["rlo"], r["rhi"]) for r in rows if r["rlo"] is not None],
-        set(kpi_days["day"].to_pylist()),
-        pairs,
-    )
+    return Extents(spans, reach, set(kpi_days["day"].to_pylist()), pairs)
 
 
 def _day_range(lo: date, hi: date) -> list[date]:
@@ -179,7 +187,7 @@ def make_plan(
                 f"now {b.sha256[:12]}…): run consolidate --full"
             )
     if full:
-        ext = _extents(engine, landed).spans
+        ext = _extents(engine, landed, incremental=False).spans
         spans = [v for v in ext.values() if v[0] is not None]
         days = (
             _day_range(day_of_ms(min(s[0] for s in spans)), day_of_ms(max(s[1] for s in spans)))
