@@ -13,10 +13,8 @@ it as a field of ``AgentConfig`` with a default instance; TOML and environment o
 from __future__ import annotations
 
 import json
-import logging
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -27,20 +25,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from schemas import DEFAULT_GAP_K
+from schemas.settings import SettingsError, load_settings
 
 from .errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-ENV_PREFIX = "FLEETPULSE_"
-# Variables with the prefix that are not config keys (the config path itself).
-_ENV_NOT_KEYS = frozenset({"FLEETPULSE_CONFIG"})
 
 DEFAULT_DATA_DIR = Path("/var/lib/fleetpulse")
 DB_NAME = "agent.sqlite3"
@@ -298,89 +290,18 @@ class AgentConfig(BaseModel):
         return host.strip("[]"), int(port)
 
 
-def env_overrides(environ: Mapping[str, str], model: type[BaseModel]) -> dict[str, Any]:
-    """Nested dict of the ``FLEETPULSE_*`` variables that name keys of ``model``.
-
-    Variables whose first part is no key of this model are skipped with a warning: agent and
-    central share the prefix, so they cannot be errors here; a wrong key *inside* a known
-    section (``FLEETPULSE_MQTT__PROT``) is still an error at validation.
-    """
-    out: dict[str, Any] = {}
-    fields = model.model_fields
-    for name, value in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        if path[0] not in fields:
-            log.warning(
-                "ignoring %s: %r is not an agent config key (known: %s)",
-                name,
-                path[0],
-                ", ".join(fields),
-            )
-            continue
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{name}: {part!r} is a plain key, not a section")
-            node = child
-        node[path[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ")
-        if not key:
-            lines.append(msg)
-        elif err["type"] == "extra_forbidden":
-            lines.append(f"unknown config key {key!r}: check for typos (see docs/agent.md)")
-        elif err["type"] == "missing":
-            env = ENV_PREFIX + "__".join(str(p) for p in err["loc"]).upper()
-            lines.append(f"config key {key!r} is required: set it in the file or as {env}")
-        else:
-            value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" = {value!r}"
-            lines.append(f"config key {key!r}{shown}: {msg}")
-    return f"{source}: " + "; ".join(lines)
-
-
 def load_config(path: Path | None = None, environ: Mapping[str, str] | None = None) -> AgentConfig:
     """Read ``path`` (TOML; optional), apply environment overrides, validate. No other I/O."""
-    environ = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} does not exist: pass --config PATH") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    overrides = env_overrides(environ, AgentConfig)
-    if overrides:
-        source += " + FLEETPULSE_* environment"
     try:
-        return AgentConfig.model_validate(_merge(data, overrides))
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from exc
+        return load_settings(
+            AgentConfig,
+            path,
+            os.environ if environ is None else environ,
+            service="agent",
+            docs="docs/agent.md",
+        )
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def check_files(cfg: AgentConfig) -> None:

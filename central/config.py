@@ -11,23 +11,17 @@ it as a field of ``CentralConfig`` with a default instance; TOML and environment
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.settings import SettingsError, load_settings
 
 from .errors import ConfigError
-
-log = logging.getLogger(__name__)
-
-ENV_PREFIX = "FLEETPULSE_"
-# Variables with the prefix that are not config keys (the config path itself).
-_ENV_NOT_KEYS = frozenset({"FLEETPULSE_CONFIG"})
 
 DEFAULT_DATA_DIR = Path("/var/lib/fleetpulse-central")
 MiB = 1024 * 1024
@@ -166,82 +160,17 @@ def split_listen(value: str) -> tuple[str, int]:
     return host.strip("[]"), int(port_text)
 
 
-def env_overrides(environ: Mapping[str, str], model: type[BaseModel]) -> dict[str, Any]:
-    """Nested dict of the ``FLEETPULSE_*`` variables that name keys of ``model``.
-
-    Variables whose first part is no key of this model are skipped with a warning: agent and
-    central share the prefix (``FLEETPULSE_GATEWAY_ID`` is the agent's), so they cannot be
-    errors here; a wrong key *inside* a known section is still an error at validation.
-    """
-    out: dict[str, Any] = {}
-    fields = model.model_fields
-    for name, value in sorted(environ.items()):
-        if not name.startswith(ENV_PREFIX) or name in _ENV_NOT_KEYS:
-            continue
-        path = name[len(ENV_PREFIX) :].lower().split("__")
-        if path[0] not in fields:
-            log.warning(
-                "ignoring %s: %r is not a central config key (known: %s)",
-                name,
-                path[0],
-                ", ".join(fields),
-            )
-            continue
-        node = out
-        for part in path[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise ConfigError(f"{name}: {part!r} is a plain key, not a section")
-            node = child
-        node[path[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _describe(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"unknown config key {key!r}: check for typos (see docs/central.md)")
-        else:
-            value = err.get("input")
-            shown = "" if isinstance(value, dict) else f" = {value!r}"
-            lines.append(f"config key {key!r}{shown}: {err['msg']}")
-    return f"{source}: " + "; ".join(lines)
-
-
 def load_config(
     path: Path | None = None, environ: Mapping[str, str] | None = None
 ) -> CentralConfig:
     """Read ``path`` (TOML; optional), apply environment overrides, validate."""
-    environ = os.environ if environ is None else environ
-    data: dict[str, Any] = {}
-    source = "defaults"
-    if path is not None:
-        source = str(path)
-        try:
-            with open(path, "rb") as fh:
-                data = tomllib.load(fh)
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file {path} does not exist: pass --config PATH") from exc
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-    overrides = env_overrides(environ, CentralConfig)
-    if overrides:
-        source += " + FLEETPULSE_* environment"
     try:
-        return CentralConfig.model_validate(_merge(data, overrides))
-    except ValidationError as exc:
-        raise ConfigError(_describe(exc, source)) from exc
+        return load_settings(
+            CentralConfig,
+            path,
+            os.environ if environ is None else environ,
+            service="central",
+            docs="docs/central.md",
+        )
+    except SettingsError as exc:
+        raise ConfigError(str(exc)) from exc
