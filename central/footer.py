@@ -46,13 +46,22 @@ def read_column_chunks(body: bytes | memoryview) -> list[list[ColumnChunk]]:
     if start < 4:
         raise FormatError(f"footer length {footer_len} exceeds the file")
     r = CompactReader(buf, start, len(buf) - 8, "the footer")
-    groups: list[list[ColumnChunk]] = []
-    for fid, ttype in r.fields():
-        if fid == _ROW_GROUPS and ttype == LIST:
-            groups = _list_of(r, lambda: _row_group(r))
+    groups = _field(r, _ROW_GROUPS, LIST, lambda: _list_of(r, lambda: _row_group(r)), 1)
+    return groups or []
+
+
+def _field(
+    r: CompactReader, want: int, ttype: int, read: Callable[[], _T], depth: int
+) -> _T | None:
+    """Read field ``want`` (of Thrift type ``ttype``) of the struct at the reader's position
+    with ``read``, skipping every other field; None when the struct lacks it."""
+    found = None
+    for fid, got in r.fields():
+        if fid == want and got == ttype:
+            found = read()
         else:
-            r.skip_value(ttype, 1)
-    return groups
+            r.skip_value(got, depth)
+    return found
 
 
 def _list_of(r: CompactReader, read: Callable[[], _T]) -> list[_T]:
@@ -64,22 +73,11 @@ def _list_of(r: CompactReader, read: Callable[[], _T]) -> list[_T]:
 
 
 def _row_group(r: CompactReader) -> list[ColumnChunk]:
-    chunks: list[ColumnChunk] = []
-    for fid, ttype in r.fields():
-        if fid == _COLUMNS and ttype == LIST:
-            chunks = _list_of(r, lambda: _column_chunk(r))
-        else:
-            r.skip_value(ttype, 2)
-    return chunks
+    return _field(r, _COLUMNS, LIST, lambda: _list_of(r, lambda: _column_chunk(r)), 2) or []
 
 
 def _column_chunk(r: CompactReader) -> ColumnChunk:
-    chunk: ColumnChunk | None = None
-    for fid, ttype in r.fields():
-        if fid == _META_DATA and ttype == STRUCT:
-            chunk = _column_meta(r)
-        else:
-            r.skip_value(ttype, 3)
+    chunk = _field(r, _META_DATA, STRUCT, lambda: _column_meta(r), 3)
     if chunk is None:
         raise FormatError("a column chunk in the footer has no metadata")
     return chunk
