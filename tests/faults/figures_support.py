@@ -31,7 +31,7 @@ SCENARIOS: dict[str, str] = {
     "R7": "disk full",
     "R8": "clock jumps ±24 h",
     "B1": "bad payloads (hypothesis)",
-    "B2": "fuzzing (schemathesis, decoder)",
+    "B2": "fuzzing (schemathesis, decoder, batch validator)",
     "S1": "MQTT access matrix (TLS, passwords, ACL)",
     "S2": "hostile-upload matrix (ingest API)",
 }

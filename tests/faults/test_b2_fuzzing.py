@@ -1,14 +1,20 @@
-"""B2: schemathesis against every ingest API endpoint, and the payload decoder fuzzed for a while.
+"""B2: schemathesis on every ingest API endpoint; decoder and batch validator fuzzed a while.
 
 The API runs in-process (ASGI) on a real SQLite ledger and landing directory; every
 response is checked for 5xx and for conformance to the served OpenAPI document. The
-decoder (``schemas.decode``) may answer a Reading or ``InvalidMessage``, nothing else.
+decoder (``schemas.decode``) may answer a Reading or ``InvalidMessage``, nothing else; the
+batch validator (``central.validate``) a valid batch or ``UploadRefused``, in child processes
+that may not die.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -33,7 +39,7 @@ from central.ledger import open_ledger
 from central.tokens import create_token
 from schemas import InvalidMessage, Reading, decode
 from tests.central_support import make_batch
-from tests.faults.figures_support import Figure, pick
+from tests.faults.figures_support import ROOT, Figure, pick
 
 CHECKS = [
     not_a_server_error,
@@ -208,3 +214,47 @@ def test_decoder_fuzzed_for_a_while_never_crashes(figure: Figure) -> None:
     assert crashes == [], crashes[:5]
     assert outcomes["other"] == 0
     assert outcomes["reading"] > 0 and outcomes["invalid"] > 0, outcomes
+
+
+@pytest.mark.timeout(900)  # the full budget is 600 s of fuzzing alone
+def test_batch_validator_fuzzed_for_a_while_never_crashes(tmp_path: Path, figure: Figure) -> None:
+    """Mangled batches (footer-heavy) may be accepted or refused, never raise or abort.
+
+    Each seed runs in a child process: pyarrow has aborted the whole process on a mangled
+    footer before (central/footer.py), which in-process fuzzing could only report by dying.
+    """
+    budget_s = pick(10, 600)
+    deadline = time.monotonic() + budget_s
+    first_seed = int.from_bytes(os.urandom(3), "big")
+    tally: Counter[str] = Counter()
+    exceptions: list[str] = []
+    aborts: list[str] = []
+    seed = first_seed
+    while time.monotonic() < deadline:
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.faults.batch_fuzz_support", str(tmp_path), str(seed),
+             "3000"],
+            cwd=ROOT, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            kept = tmp_path / f"abort-{seed}.bin"
+            shutil.copyfile(tmp_path / "current.bin", kept)
+            where = (tmp_path / "current.txt").read_text()
+            tail = " | ".join(proc.stderr.strip().splitlines()[-2:])
+            aborts.append(f"rc {proc.returncode} on {where} (bytes kept in {kept}): {tail:.300}")
+        else:
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            tally.update(result["tally"])
+            exceptions += result["exceptions"]
+        seed += 1
+    refused = {k.removeprefix("refused "): n for k, n in tally.items() if k != "accepted"}
+    figure(
+        f"batch validator fuzzed {budget_s} s (mangled footers and pages, a child per seed,"
+        f" seeds {first_seed} to {seed - 1}): {sum(tally.values()):,} inputs,"
+        f" {tally['accepted']:,} accepted, {sum(refused.values()):,} refused"
+        f" ({', '.join(f'{k} {n:,}' for k, n in sorted(refused.items()))}),"
+        f" {len(exceptions)} exceptions, {len(aborts)} process aborts"
+    )
+    assert aborts == [], aborts[:3]
+    assert exceptions == [], exceptions[:5]
+    assert tally["accepted"] > 0 and refused.get("corrupt", 0) > 0, tally
