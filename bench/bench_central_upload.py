@@ -18,6 +18,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pyarrow as pa
@@ -40,7 +41,9 @@ def _free_port() -> int:
 def _table(gateway_id: str, n: int) -> pa.Table:
     rng = random.Random(gateway_id)
     t0 = 1_767_225_600_000
-    cols = {
+    # readings only: the v2 kpi columns (and the reading columns not set here) stay null
+    cols: dict[str, list[Any]] = {f.name: [None] * n for f in BATCH_SCHEMA}
+    cols |= {
         "record_type": ["reading"] * n,
         "gateway_id": [gateway_id] * n,
         "device_id": [f"dev-{rng.randrange(500):04d}" for _ in range(n)],
@@ -49,15 +52,10 @@ def _table(gateway_id: str, n: int) -> pa.Table:
         "ts": [t0 + i * 1000 + rng.randrange(1000) for i in range(n)],
         "seq": [rng.randrange(1 << 40) for _ in range(n)],
         "received_at": [t0 + i * 1000 + 1500 for i in range(n)],
-        "end_ts": [None] * n,
-        "state": [None] * n,
-        "event_type": [None] * n,
         "fw": ["1.4.2"] * n,
         "lat": [rng.uniform(-90, 90) for _ in range(n)],
         "lon": [rng.uniform(-180, 180) for _ in range(n)],
-        "geohash": [None] * n,
         "metrics": [[("temp", rng.random()), ("rssi", rng.random())] for _ in range(n)],
-        "detail": [None] * n,
     }
     return pa.table(cols, schema=BATCH_SCHEMA)
 
