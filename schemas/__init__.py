@@ -1,4 +1,4 @@
-"""Data contracts shared by agent and central: payloads, topics, batch and Avro schemas."""
+"""Data contracts shared by agent and central: payloads, topics, batch and Avro schemas, config."""
 
 import importlib as _importlib
 import typing as _typing
