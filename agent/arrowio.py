@@ -285,8 +285,7 @@ def _metrics_mixed(
                 raise _packed_corrupt(f"{len(packed)} value bytes for names {names!r}")
             rows.append(list(zip(split, numbers, strict=True)))
         elif text is not None:
-            obj = json.loads(text)  # as ``_metrics_slow``
-            rows.append([(k, float(v)) for k, v in obj.items() if isinstance(v, int | float)])
+            rows.append(_json_pairs(text))
         else:
             rows.append(None)
     rank: dict[str, int] = {}
@@ -368,9 +367,14 @@ def _metrics_slow(texts: pa.ChunkedArray | pa.Array, null_mask: pa.Array) -> pa.
         if null:
             out.append(None)
             continue
-        obj = json.loads(text)
-        out.append([(k, float(v)) for k, v in obj.items() if isinstance(v, int | float)])
+        out.append(_json_pairs(text))
     return pa.array(out, type=_METRICS)
+
+
+def _json_pairs(text: str) -> list[tuple[str, float]]:
+    """One row's metrics JSON text → its (name, value) pairs; non-numeric values dropped."""
+    obj = json.loads(text)
+    return [(k, float(v)) for k, v in obj.items() if isinstance(v, int | float)]
 
 
 def geohashes(
