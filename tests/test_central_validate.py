@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
 import textwrap
@@ -193,12 +192,7 @@ def test_page_walk_matches_footer_totals() -> None:
 
 
 def _multi_rowgroup_batch() -> bytes:
-    table = pa.table(batch_rows("gw-1", 300), schema=BATCH_SCHEMA).replace_schema_metadata(
-        batch_metadata("gw-1", 1)
-    )
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=100, compression="zstd", write_page_checksum=True)
-    return buf.getvalue()
+    return make_batch("gw-1", 1, 300, row_group_size=100)
 
 
 def test_several_row_groups() -> None:

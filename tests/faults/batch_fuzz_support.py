@@ -8,20 +8,15 @@ still has the bytes that did it. The last stdout line is a JSON tally of the out
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import sys
 from collections import Counter
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
 from central.errors import UploadRefused
 from central.validate import Limits, validate_batch
-from schemas.batch import BATCH_SCHEMA, PARQUET_WRITE_OPTIONS, batch_metadata
-from tests.central_support import batch_rows, make_batch
+from tests.central_support import make_batch
 
 LIMITS = Limits(max_rows=100_000, max_decompressed_bytes=16 * 1024 * 1024)
 GATEWAY = "gw-1"
@@ -29,12 +24,7 @@ GATEWAY = "gw-1"
 
 def bases() -> list[bytes]:
     """Valid batches to start from: one row group, and three (more footer structure)."""
-    table = pa.table(batch_rows(GATEWAY, 300), schema=BATCH_SCHEMA).replace_schema_metadata(
-        batch_metadata(GATEWAY, 1)
-    )
-    buf = io.BytesIO()
-    pq.write_table(table, buf, row_group_size=100, **PARQUET_WRITE_OPTIONS)
-    return [make_batch(GATEWAY, 1, n=50), buf.getvalue()]
+    return [make_batch(GATEWAY, 1, n=50), make_batch(GATEWAY, 1, 300, row_group_size=100)]
 
 
 def mangle(rng: random.Random, good: bytes) -> bytes:
