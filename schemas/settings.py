@@ -77,10 +77,9 @@ def env_overrides(
         path = name[len(ENV_PREFIX) :].lower().split("__")
         if path[0] not in fields:
             log.warning(
-                "ignoring %s: %r is not %s %s config key (known: %s)",
+                "ignoring %s: %r is no %s config key (known: %s)",
                 name,
                 path[0],
-                "an" if service[:1] in "aeiou" else "a",
                 service,
                 ", ".join(fields),
             )
